@@ -1,0 +1,87 @@
+"""``abaw <stage>``: a thin command line over plain functions.
+
+Every stage takes ``--config FILE`` (YAML under configs/) and trailing ``key.sub=value`` overrides;
+stage modules are imported only when their command runs, so ``abaw validate`` does not load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, function, help). The function takes (cfg, args) and returns an exit code.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "synth": ("abaw.data.synth", "cli_synth", "write a synthetic release in the Aff-Wild2 layout"),
+    "data": ("abaw.data.index", "cli_data", "index a release and print its summary and traps"),
+    "features": ("abaw.features.extract", "cli_features", "extract cached visual and audio features"),
+    "train": ("abaw.training.train", "cli_train", "train a fusion model on cached features"),
+    "tune": ("abaw.tuning.study", "cli_tune", "run or report an Optuna study"),
+    "predict": ("abaw.submit.predict", "cli_predict", "predict a split with one or more runs"),
+    "submit": ("abaw.submit.submission", "cli_submit", "write, validate and package a submission"),
+    "validate": ("abaw.submit.validate", "cli_validate", "check a prediction file independently"),
+    "score": ("abaw.submit.score", "cli_score", "score a prediction file against ground truth"),
+}
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", default=None, help="YAML config (path or name under configs/)")
+    p.add_argument("--data", default=None, help="release root (default: the generated demo release)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-4")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="abaw", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ps = {name: sub.add_parser(name, help=h, description=h) for name, (_, _, h) in COMMANDS.items()}
+    for p in ps.values():
+        _add_common(p)
+
+    ps["synth"].add_argument("--out", default=None, help="output folder (default: the demo release path)")
+    ps["synth"].add_argument("--seed", type=int, default=None)
+    ps["synth"].add_argument("--scale", type=float, default=None, help="size multiplier (default 1)")
+    ps["synth"].add_argument("--force", action="store_true", help="overwrite an existing release")
+
+    ps["features"].add_argument("--shard", default=None, help="I/N: extract this machine's share")
+    ps["features"].add_argument("--only", choices=["visual", "audio"], default=None)
+
+    for name in ("tune",):
+        ps[name].add_argument("--n-trials", type=int, default=None)
+        ps[name].add_argument("--timeout", type=float, default=None, help="seconds")
+        ps[name].add_argument("--workers", type=int, default=None, help="worker processes on this machine")
+        ps[name].add_argument("--storage", default=None, help="Optuna storage URL")
+        ps[name].add_argument("--study", default=None)
+        ps[name].add_argument("--report", action="store_true", help="print best trials and write plots")
+
+    for name in ("predict", "submit"):
+        ps[name].add_argument("--runs", nargs="+", default=None, help="run folders to ensemble")
+    ps["predict"].add_argument("--split", default=None, choices=["train", "val", "test"])
+    ps["submit"].add_argument("--name", default=None)
+
+    ps["validate"].add_argument("submission")
+    ps["validate"].add_argument("--sample", default=None, help="the organisers' sample prediction file")
+    ps["validate"].add_argument("--release", default=None, help="the test set release list")
+
+    ps["score"].add_argument("submission")
+    ps["score"].add_argument("--truth", default=None, help="folder of ground-truth annotation files")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from abaw.config import ConfigError, load_config
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.insert(0, f"data.root={args.data}")
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"abaw {args.command}: config error: {e}", file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[args.command]
+    return int(getattr(importlib.import_module(module), func)(cfg, args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
