@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps["synth"].add_argument("--scale", type=float, default=None, help="size multiplier (default 1)")
     ps["synth"].add_argument("--force", action="store_true", help="overwrite an existing release")
 
+    ps["data"].add_argument("--rebuild", action="store_true", help="rebuild the index even if it is up to date")
+
     ps["features"].add_argument("--shard", default=None, help="I/N: extract this machine's share")
     ps["features"].add_argument("--only", choices=["visual", "audio"], default=None)
 

@@ -134,6 +134,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -149,9 +154,14 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
-    obj = cls(**kwargs)
-    if hasattr(obj, "validate"):
-        obj.validate()
+    try:
+        obj = cls(**kwargs)
+        if hasattr(obj, "validate"):
+            obj.validate()
+    except ConfigError:
+        raise
+    except ValueError as e:  # a section's own checks name the value; add where it sits
+        raise ConfigError(f"{where}: {e}") from e
     return obj
 
 
@@ -170,7 +180,10 @@ def parse_override(text: str) -> dict:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form key.sub=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:  # e.g. "%.4f" reads as a YAML directive: take it as the plain string
+        value = raw
     node: dict = {}
     cur = node
     parts = key.strip().split(".")

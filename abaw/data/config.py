@@ -19,6 +19,10 @@ class DataConfig:
     video_exts: list[str] = field(default_factory=lambda: [".mp4", ".avi"])  # earlier wins
     test_list: str = "*test_set_release.txt"  # glob, searched recursively
     sample_file: str = "*VA_test_set_sample.txt"  # glob, searched recursively
+    # Folder names never searched for videos, lists or annotations (the synthetic release keeps its
+    # hidden test labels in ground_truth/; the pipeline must not see them).
+    exclude_dirs: list[str] = field(default_factory=lambda: ["ground_truth"])
+    probe_workers: int = 0  # threads probing videos and listing crops while indexing; 0 = automatic
 
 
 @dataclass

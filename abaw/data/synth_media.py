@@ -1,0 +1,281 @@
+"""Pictures and containers for the synthetic release: a cartoon face whose mouth and brows show valence,
+and real .mp4/.avi files written (and read back) with PyAV.
+
+The face cue is deliberately large and high-contrast: the demo embeds crops with a random-weight
+ResNet, so subtle cues would not survive. Arousal is not drawn.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageFilter
+
+CROP = 112  # crop side in pixels, as in Aff-Wild2's cropped_aligned
+NOISE_BANK = 8
+
+# libmp3lame's encoder delay (576) plus the mp3 decoder's own delay (529): AVI keeps no edit list, so a
+# reader sees every mp3 sample this late. The writer starts the signal this much early to compensate.
+MP3_DELAY_SAMPLES = 1105
+
+OCCLUDE, BLUR = 1, 2  # face_uninformative modes
+
+
+@dataclass(frozen=True)
+class Appearance:
+    skin: tuple[int, int, int]
+    bg_top: tuple[int, int, int]
+    bg_bottom: tuple[int, int, int]
+    hair: tuple[int, int, int]
+    lips: tuple[int, int, int]
+    cx: float
+    cy: float
+    radius: float
+    light: float  # left-right lighting slope
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> Appearance:
+        tone = rng.uniform(0.25, 1.0)
+        skin = (90 + 150 * tone, 60 + 130 * tone, 45 + 110 * tone)
+
+        def col(lo, hi, tint=255):
+            base = rng.integers(lo, hi)
+            return tuple(int(np.clip(base + t, 0, 255)) for t in rng.integers(-tint, tint + 1, 3))
+
+        return cls(
+            skin=tuple(int(c) for c in skin),
+            # Rooms in muted colours: the face, not the wallpaper, should dominate what a network sees.
+            bg_top=col(50, 200, 30),
+            bg_bottom=col(50, 200, 30),
+            hair=col(20, 110, 25),
+            # Lips stay clearly lighter than the unhappy mouth's dark gap, so the gap reads as such.
+            lips=(int(rng.integers(160, 215)), int(rng.integers(60, 100)), int(rng.integers(70, 110))),
+            # Aligned crops are tight: the head fills the frame, as in Aff-Wild2's cropped_aligned.
+            cx=float(CROP / 2 + rng.uniform(-3, 3)),
+            cy=float(CROP / 2 + rng.uniform(-1, 4)),
+            radius=float(rng.uniform(47, 53)),
+            light=float(rng.uniform(-0.25, 0.25)),
+        )
+
+
+PAD = 4  # the head sways by up to this many pixels
+MOUTH_HALF_WIDTH = 0.48  # in head radii
+MOUTH_BEND = 0.36  # vertical bend of the mouth at |valence| = 1, in head radii
+# Skin colour shift per unit of valence (RGB): flushed when happy, pale and bluish when unhappy. Shape
+# cues alone barely survive a random-weight backbone across subjects; a colour shift over the whole face
+# does (leave-one-subject-out ridge on random ResNet-18 features: CCC ~0.25 without, ~0.8 with).
+BLUSH = (28, -8, -8)
+PALLOR = (10, -4, -14)
+
+
+def _canvas(app: Appearance) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(background, static face, u, w): float32 canvases (CROP + 2 PAD square) of what does not change
+    from frame to frame, and the face coordinates (units of the head radius) of every canvas pixel."""
+    S = CROP + 2 * PAD
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
+    g = (yy / S)[..., None]
+    bg = np.array(app.bg_top, np.float32) * (1 - g) + np.array(app.bg_bottom, np.float32) * g
+    u = (xx - PAD - app.cx) / app.radius
+    w = (yy - PAD - app.cy) / app.radius
+    face = bg.copy()
+    au = np.abs(u)
+    skin = (u / 0.82) ** 2 + (w / 1.02) ** 2 < 1
+    face[skin] = app.skin
+    face[((u / 0.9) ** 2 + ((w + 0.08) / 1.06) ** 2 < 1) & (w < -0.6)] = app.hair
+    face[(au - 0.34) ** 2 + (w + 0.18) ** 2 < 0.11**2] = (25, 20, 20)
+    skin &= np.all(face == np.array(app.skin, np.float32), axis=-1)
+    return bg, face, u, w, skin
+
+
+def render_faces(
+    app: Appearance, valence: np.ndarray, present: np.ndarray, mode: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """uint8 [n, CROP, CROP, 3]: one face per frame showing ``valence``; background only where not
+    ``present``; ``mode`` OCCLUDE/BLUR hides the face. Deterministic for a given ``rng`` state.
+
+    Head, hair and eyes are a static canvas; only brows and mouth are drawn per frame (in the window
+    that holds them), then each frame is cut from the canvas at its own small offset (head sway).
+    """
+    n = len(valence)
+    S = CROP
+    bg, face, u, w, skin = _canvas(app)
+    # Rows and columns that can hold a brow or the mouth, whatever the valence.
+    rows = np.flatnonzero(((w[:, 0] > -0.75) & (w[:, 0] < 0.95)))
+    cols = np.flatnonzero(np.abs(u[0]) < 0.6)
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    uw, ww = u[r0:r1, c0:c1][None], w[r0:r1, c0:c1][None]
+    auw = np.abs(uw)
+    cu = uw / MOUTH_HALF_WIDTH
+    in_mouth = np.abs(cu) < 1
+    occluder = (np.abs(u) < 0.95) & (w > -0.7) & (w < 0.95)
+
+    shade = (1.0 + app.light * (np.arange(S, dtype=np.float32) - S / 2) / S)[None, None, :, None]
+    noise = rng.normal(0, 5, (NOISE_BANK, S, S, 3)).astype(np.float32)
+    dx = np.clip(np.round(rng.normal(0, 1.5, n)), -PAD, PAD).astype(int)
+    dy = np.clip(np.round(rng.normal(0, 1.5, n)), -PAD, PAD).astype(int)
+    gain = (1 + rng.normal(0, 0.04, n)).astype(np.float32)
+    pick = rng.integers(NOISE_BANK, size=n)
+    occ_col = np.array(rng.integers(40, 200, 3), np.float32)
+    out = np.empty((n, S, S, 3), np.uint8)
+    for c_start in range(0, n, 64):
+        idx = np.arange(c_start, min(n, c_start + 64))
+        v = valence[idx].astype(np.float32)[:, None, None]
+        canvas = np.where(present[idx][:, None, None, None], face[None], bg[None])
+        v4 = v[..., None]
+        tint = np.maximum(v4, 0) * np.float32(BLUSH) + np.maximum(-v4, 0) * np.float32(PALLOR)
+        canvas += (skin[None, ..., None] & present[idx][:, None, None, None]) * tint
+        win = canvas[:, r0:r1, c0:c1]
+        shown = present[idx][:, None, None]
+        # Brows: negative valence pulls the inner ends down (frown), positive lifts them.
+        brow_w = -0.45 - 0.10 * v + 0.6 * v * (auw - 0.35)
+        win[shown & (auw > 0.14) & (auw < 0.56) & (np.abs(ww - brow_w) < 0.06)] = (35, 25, 20)
+        # Mouth: ~R wide (over a third of the crop); the corners rise and the centre drops with
+        # valence, and the opening shows teeth when happy, a dark gap when unhappy.
+        w0 = 0.50 - MOUTH_BEND / 3 * v
+        wc = w0 + MOUTH_BEND * v * (1 - cu**2)
+        inside = shown & in_mouth
+        opening = inside & (ww > np.minimum(w0, wc)) & (ww < np.maximum(w0, wc))
+        happy = v > 0
+        win[opening & happy] = (240, 238, 228)
+        win[opening & ~happy] = (55, 15, 20)
+        win[inside & ((np.abs(ww - wc) < 0.07) | (np.abs(ww - w0) < 0.03))] = app.lips
+        for j in np.flatnonzero(present[idx] & (mode[idx] == OCCLUDE)):
+            canvas[j][occluder] = occ_col
+        crops = np.stack([canvas[j, PAD + dy[i] : PAD + dy[i] + S, PAD + dx[i] : PAD + dx[i] + S]
+                          for j, i in enumerate(idx)])
+        crops *= shade * gain[idx][:, None, None, None]
+        crops += noise[pick[idx]]
+        out[idx] = np.clip(crops, 0, 255).astype(np.uint8)
+    for i in np.flatnonzero((mode == BLUR) & present):
+        out[i] = np.asarray(Image.fromarray(out[i]).filter(ImageFilter.GaussianBlur(8)))
+    return out
+
+
+def jpeg_bytes(img: np.ndarray, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+# ---- containers -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StreamPlan:
+    """How one raw video file is encoded."""
+
+    container: str  # "mp4" | "avi"
+    vcodec: str  # libx264 | mpeg4 | mjpeg
+    acodec: str | None  # aac | libmp3lame | pcm_s16le | None (no audio track)
+    audio_rate: int
+    width: int
+    height: int
+    time_base: Fraction  # of the video stream; frame pts are integers in it
+    x264_preset: str = "ultrafast"
+
+
+def write_container(
+    path: Path,
+    plan: StreamPlan,
+    frames,
+    pts: np.ndarray,
+    audio: np.ndarray | None,
+    rate_hint: Fraction,
+) -> None:
+    """Write ``frames`` (iterable of uint8 [H, W, 3]) at integer ``pts`` (in plan.time_base) and mono
+    ``audio`` (float, sample k at time k / audio_rate, already shifted for codec delay) interleaved by
+    time, so demuxers see a normally interleaved file."""
+    c = av.open(str(path), "w", format=plan.container)
+    try:
+        vs = c.add_stream(plan.vcodec, rate=rate_hint)
+        vs.width, vs.height = plan.width, plan.height
+        vs.pix_fmt = "yuvj420p" if plan.vcodec == "mjpeg" else "yuv420p"
+        vs.time_base = plan.time_base
+        vs.codec_context.time_base = plan.time_base
+        if plan.vcodec == "libx264":
+            vs.options = {"preset": plan.x264_preset, "threads": "1"}
+        else:
+            vs.options = {"qscale": "4", "threads": "1"}
+        a_s = None
+        if audio is not None:
+            a_s = c.add_stream(plan.acodec, rate=plan.audio_rate)
+            a_s.layout = "mono"
+            a_s.time_base = Fraction(1, plan.audio_rate)
+        chunk = 1024
+        # libmp3lame stamps its first packets with negative dts (encoder delay); AVI cannot store that,
+        # and FFmpeg's AVI demuxer then miscounts the first video chunk when an audio chunk precedes it
+        # (video pts 0, 2, 3, ...). Stamping the audio late keeps video first in the file; AVI has no
+        # audio start time anyway, so readers still see the audio start at 0.
+        a_pts0 = 1152 if (plan.container == "avi" and plan.acodec == "libmp3lame") else 0
+        n_audio = 0 if audio is None else len(audio)
+        a_pos = 0
+        sr = plan.audio_rate
+        for img, p in zip(frames, pts, strict=True):
+            t = float(p * plan.time_base)
+            while a_s is not None and a_pos < n_audio and a_pos / sr <= t:
+                a_pos = _encode_audio(c, a_s, audio, a_pos, chunk, a_pts0)
+            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+            vf.pts = int(p)
+            vf.time_base = plan.time_base
+            for pkt in vs.encode(vf):
+                c.mux(pkt)
+        for pkt in vs.encode():
+            c.mux(pkt)
+        while a_s is not None and a_pos < n_audio:
+            a_pos = _encode_audio(c, a_s, audio, a_pos, chunk, a_pts0)
+        if a_s is not None:
+            for pkt in a_s.encode():
+                c.mux(pkt)
+    finally:
+        c.close()
+
+
+def _encode_audio(c, stream, audio: np.ndarray, pos: int, chunk: int, pts0: int) -> int:
+    x = audio[pos : pos + chunk].astype(np.float32)[None, :]
+    af = av.AudioFrame.from_ndarray(np.ascontiguousarray(x), format="flt", layout="mono")
+    af.sample_rate = stream.codec_context.sample_rate
+    af.pts = pts0 + pos
+    af.time_base = Fraction(1, af.sample_rate)
+    for pkt in stream.encode(af):
+        c.mux(pkt)
+    return pos + x.shape[1]
+
+
+# ---- reading back (the generator checks its own files; tests use these too) -----------------------
+def demux_frame_times(path: Path) -> np.ndarray:
+    """Presentation times (s) of the video packets, sorted: what a decoder will stamp on the frames."""
+    with av.open(str(path)) as c:
+        vs = c.streams.video[0]
+        ts = [p.pts * vs.time_base for p in c.demux(vs) if p.pts is not None and p.size > 0]
+    return np.array(sorted(float(t) for t in ts))
+
+
+def decode_frames(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(times float64 [n], frames uint8 [n, H, W, 3]) decoded with PyAV, frame.pts * time_base."""
+    times, imgs = [], []
+    with av.open(str(path)) as c:
+        for f in c.decode(video=0):
+            times.append(float(f.pts * f.time_base))
+            imgs.append(f.to_ndarray(format="rgb24"))
+    return np.array(times), np.stack(imgs)
+
+
+def decode_audio(path: Path) -> tuple[float, int, np.ndarray] | None:
+    """(start time s, sample rate, float32 mono samples) from the first audio frame's pts; None when the
+    file has no audio stream."""
+    with av.open(str(path)) as c:
+        if not c.streams.audio:
+            return None
+        chunks, start, sr = [], None, c.streams.audio[0].codec_context.sample_rate
+        for f in c.decode(audio=0):
+            if start is None:
+                start = float(f.pts * f.time_base)
+            x = f.to_ndarray()
+            chunks.append(x.reshape(-1) if f.format.is_packed else x[0])
+    x = np.concatenate(chunks).astype(np.float32)
+    if np.issubdtype(chunks[0].dtype, np.integer):
+        x /= 32768.0
+    return start, sr, x

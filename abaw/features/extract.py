@@ -1,0 +1,507 @@
+"""``abaw features``: fill the visual and audio feature caches of a release, resumably.
+
+Every subject of the index gets one row per frame of its frame axis (``n_frames``). Finished subjects are
+skipped, so a killed run resumes where it stopped; ``shard="I/N"`` gives this process the subjects of rank
+``i % N == I`` (sorted names; audio shards by raw video, whose audio serves both ``_left``/``_right``), so
+N machines can fill one cache. A subject that cannot be read (corrupt crop, undecodable audio) is
+reported by name at the end while the others finish; the exit code is then non-zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from abaw.config import Config, save_config, stable_hash
+from abaw.features.cache import FeatureCache, fill_sources
+from abaw.features.config import parse_shard
+from abaw.features.registry import EXTRACTOR_VERSION, resolve_visual, visual_settings
+from abaw.utils import atomic_write_json, code_version
+
+log = logging.getLogger(__name__)
+
+KINDS = ("visual", "audio")
+
+
+# ---- where a cache lives ------------------------------------------------------------------------
+def _audio_module():
+    # Imported only when audio is asked for (it loads torchaudio); tests swap in a fake through here.
+    import abaw.features.audio as audio
+
+    return audio
+
+
+def feature_settings(cfg: Config, kind: str) -> tuple[str, dict[str, Any]]:
+    """(backbone name, settings that decide the features) for ``kind`` in {'visual', 'audio'}."""
+    if kind == "visual":
+        return resolve_visual(cfg.features.visual).name, visual_settings(cfg.features.visual)
+    if kind == "audio":
+        acfg = cfg.features.audio
+        settings = dict(_audio_module().audio_settings(acfg))
+        settings.update(kind="audio", dtype=acfg.dtype, extractor_version=EXTRACTOR_VERSION)
+        return acfg.preset, settings
+    raise ValueError(f"feature kind {kind!r} is not one of {KINDS}")
+
+
+def feature_dir(cfg: Config, kind: str) -> Path:
+    """``<release_cache>/features/<backbone>-<hash of the settings>``: where ``kind`` features live."""
+    name, settings = feature_settings(cfg, kind)
+    return cfg.release_cache / "features" / f"{name}-{stable_hash(settings)}"
+
+
+# ---- what a run did -----------------------------------------------------------------------------
+@dataclass
+class ExtractReport:
+    kind: str
+    cache_dir: Path
+    extracted: list[str] = field(default_factory=list)  # written by this run
+    skipped: list[str] = field(default_factory=list)  # already finished (or finished by another writer)
+    failed: dict[str, str] = field(default_factory=dict)  # subject -> reason
+    warnings: list[str] = field(default_factory=list)
+    frames: int = 0  # frames that went through the backbone in this run
+    seconds: float = 0.0  # the whole call, model loading included
+    loop_seconds: float = 0.0  # decoding + forward + writing only: what frames/s is measured over
+    complete: bool = False  # the manifest exists: every subject of the release is cached
+    shard: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        rate = (
+            f", {self.frames / self.loop_seconds:.0f} frames/s"
+            if self.frames and self.loop_seconds > 0
+            else ""
+        )
+        lines = [
+            f"{self.kind} features -> {self.cache_dir}"
+            + (f" (shard {self.shard})" if self.shard else "")
+            + f": {len(self.extracted)} extracted, {len(self.skipped)} already done, {len(self.failed)} failed"
+            + f" ({self.frames} frames in {self.seconds:.1f} s{rate}); "
+            + ("cache complete" if self.complete else "cache not complete yet")
+        ]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        lines += [f"  FAILED {s}: {why}" for s, why in sorted(self.failed.items())]
+        return "\n".join(lines)
+
+
+# ---- the subjects ---------------------------------------------------------------------------------
+@dataclass
+class Job:
+    subject: str
+    n_frames: int
+    crop_dir: Path | None
+    video: str  # raw video name: the audio grouping key
+    video_path: Path | None
+    row: int  # row in the index table (frame_times are read from there only when needed)
+
+
+def _path_or_none(value: Any, root: Path) -> Path | None:
+    if value is None or str(value) == "":
+        return None
+    p = Path(value)
+    return p if p.is_absolute() else root / p
+
+
+def _jobs(cfg: Config, table, report: ExtractReport) -> list[Job]:
+    from abaw.data.release import source_video
+
+    cols = set(table.columns)
+    missing = {"subject", "n_frames"} - cols
+    if missing:
+        raise ValueError(f"index table lacks column(s) {sorted(missing)}")
+    root = cfg.data_root
+    jobs = []
+    get = lambda name, i: table[name][i] if name in cols else None  # noqa: E731
+    for i, subject in enumerate(table["subject"].to_list()):
+        n = get("n_frames", i)
+        if n is None or n < 0:
+            report.warnings.append(f"{subject}: no frame axis in the index (n_frames={n}); not extracted")
+            continue
+        jobs.append(
+            Job(
+                subject=subject,
+                n_frames=int(n),
+                crop_dir=_path_or_none(get("crop_dir", i), root),
+                video=get("video", i) or source_video(subject),
+                video_path=_path_or_none(get("video_path", i), root),
+                row=i,
+            )
+        )
+    names = [j.subject for j in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError("index table lists a subject twice")
+    return sorted(jobs, key=lambda j: j.subject)
+
+
+def _in_shard(names: list[str], shard: tuple[int, int] | None) -> set[str]:
+    if shard is None:
+        return set(names)
+    i, n = shard
+    return {s for k, s in enumerate(sorted(names)) if k % n == i}
+
+
+def crop_presence(crop_dir: Path | None, n_frames: int) -> tuple[np.ndarray, int]:
+    """(bool [n_frames]: which frames have a crop file, count of ``<digits>.jpg`` names that are not the
+    5-digit form ``%05d.jpg`` and so are not read). Crops beyond the frame axis are ignored."""
+    from abaw.features.visual import crop_name
+
+    present = np.zeros(n_frames, bool)
+    odd = 0
+    if crop_dir is None or not crop_dir.is_dir():
+        return present, odd
+    with os.scandir(crop_dir) as it:
+        for entry in it:
+            stem = entry.name[:-4]
+            if entry.name.endswith(".jpg") and stem.isdigit() and int(stem) > 0:
+                k = int(stem) - 1
+                if crop_name(k) != entry.name:
+                    odd += 1
+                elif k < n_frames:
+                    present[k] = True
+    return present, odd
+
+
+# ---- cache bookkeeping --------------------------------------------------------------------------
+def _prepare_cache(cfg: Config, cache: FeatureCache, settings: dict[str, Any], jobs: list[Job]) -> None:
+    """Create the folder with settings.json and config.yaml; drop a manifest the index no longer matches."""
+    cache.path.mkdir(parents=True, exist_ok=True)
+    with cache.lock("manifest"):
+        stored = cache.settings
+        expected = _json_roundtrip(settings)
+        if stored is None:
+            save_config(cfg, cache.path / "config.yaml")
+            atomic_write_json(cache.path / "settings.json", expected)
+        elif stored != expected:
+            raise RuntimeError(
+                f"{cache.path}/settings.json does not match this config's settings (same hash, different "
+                "content: the folder was edited or written by other code); move it away and rerun"
+            )
+        manifest = cache.manifest
+        if manifest is not None and manifest.get("subjects") != {j.subject: j.n_frames for j in jobs}:
+            log.warning("%s: manifest does not match the current index; it will be rewritten", cache.path)
+            (cache.path / "manifest.json").unlink(missing_ok=True)
+
+
+def _json_roundtrip(obj: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _finish_manifest(cache: FeatureCache, jobs: list[Job], kind: str, settings: dict[str, Any]) -> bool:
+    """Write manifest.json if every subject is cached (whoever gets here first, under the lock)."""
+    with cache.lock("manifest"):
+        if cache.complete:
+            return True
+        shapes = {j.subject: cache.shape(j.subject) for j in jobs}
+        if any(s is None or s[0] != j.n_frames for j, s in zip(jobs, shapes.values(), strict=True)):
+            return False
+        dims = {s[1] for s in shapes.values()}
+        if len(dims) > 1:
+            raise RuntimeError(f"{cache.path}: subjects of different widths {sorted(dims)}")
+        import timm
+        import torch
+
+        cache.write_manifest(
+            {
+                "kind": kind,
+                "dim": dims.pop() if dims else 0,
+                "dtype": settings["dtype"],
+                "subjects": {j.subject: j.n_frames for j in jobs},
+                "settings": _json_roundtrip(settings),
+                "hash": cache.path.name.rsplit("-", 1)[-1],
+                "extractor_version": EXTRACTOR_VERSION,
+                "code_version": code_version(),
+                "torch": torch.__version__,
+                "timm": timm.__version__,
+                "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
+        return True
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", unit_scale=True, dynamic_ncols=True, mininterval=1.0)
+
+
+# ---- visual -----------------------------------------------------------------------------------------
+class _RangeBatches:
+    """Batch sampler over precomputed contiguous [start, stop) ranges (no per-index Python lists kept)."""
+
+    def __init__(self, starts: np.ndarray, stops: np.ndarray):
+        self.starts, self.stops = starts, stops
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __iter__(self):
+        for a, b in zip(self.starts.tolist(), self.stops.tolist(), strict=True):
+            yield list(range(a, b))
+
+
+def _extract_visual(cfg: Config, jobs: list[Job], cache: FeatureCache, report: ExtractReport) -> None:
+    from torch.utils.data import DataLoader
+
+    from abaw.features.visual import VisualExtractor, _worker_init, resolve_device
+
+    vcfg = cfg.features.visual
+    pending = [j for j in jobs if not cache.has(j.subject, j.n_frames)]
+    report.skipped += [j.subject for j in jobs if j not in pending]
+    if not pending:
+        return
+    ext = VisualExtractor(vcfg, resolve_device(cfg.features.device))
+    if cache.dim not in (None, ext.dim):
+        raise RuntimeError(f"{cache.path} holds features of width {cache.dim}, the backbone gives {ext.dim}")
+
+    # One flat list of (subject, frame) over all pending subjects and one DataLoader for the whole run, so
+    # workers keep decoding across subject boundaries. Batches never span two subjects.
+    presence = []
+    for j in pending:
+        present, odd = crop_presence(j.crop_dir, j.n_frames)
+        presence.append(present)
+        if odd:
+            report.warnings.append(
+                f"{j.subject}: {odd} crop file(s) in {j.crop_dir} not named %05d.jpg; not read (frames missing)"
+            )
+    frames = [np.flatnonzero(p).astype(np.int32) for p in presence]
+    counts = np.array([len(f) for f in frames], dtype=np.int64)
+    ends = np.cumsum(counts)
+    starts_of = ends - counts
+    bstarts, bstops, bjob = [], [], []
+    for k, (a, n) in enumerate(zip(starts_of.tolist(), counts.tolist(), strict=True)):
+        s = np.arange(a, a + n, vcfg.batch_size)
+        bstarts.append(s)
+        bstops.append(np.minimum(s + vcfg.batch_size, a + n))
+        bjob.append(np.full(len(s), k))
+    bstarts, bstops, bjob = (
+        np.concatenate(x) if x else np.zeros(0, np.int64) for x in (bstarts, bstops, bjob)
+    )
+    flat_subjects = np.repeat(np.arange(len(pending), dtype=np.int32), counts)
+    flat_frames = np.concatenate(frames) if frames else np.zeros(0, np.int32)
+    dirs = [str(j.crop_dir) if j.crop_dir else "" for j in pending]
+    workers = vcfg.num_workers
+    loader = DataLoader(
+        ext.dataset(dirs, flat_subjects, flat_frames),
+        batch_sampler=_RangeBatches(bstarts, bstops),
+        num_workers=workers,
+        pin_memory=ext.device.type == "cuda",
+        prefetch_factor=vcfg.prefetch_factor if workers else None,
+        worker_init_fn=_worker_init if workers else None,
+    )
+
+    def publish_empty(k: int) -> None:
+        """A subject with no crop at all: zeros and an all-False mask."""
+        job = pending[k]
+        with cache.lock(job.subject):
+            if cache.has(job.subject, job.n_frames):
+                report.skipped.append(job.subject)
+                return
+            cache.remove_stale_tmp(job.subject)
+            with cache.writer(job.subject, job.n_frames, ext.dim, vcfg.dtype) as w:
+                w.commit(np.zeros(job.n_frames, bool), np.full(job.n_frames, -1))
+        where = job.crop_dir if job.crop_dir else "no crop folder in the index"
+        report.warnings.append(f"{job.subject}: no face crops ({where}); features are zeros, mask all False")
+        report.extracted.append(job.subject)
+
+    for k in np.flatnonzero(counts == 0):
+        publish_empty(int(k))
+
+    bar = _progress(int(counts.sum()), f"visual {ext.spec.name}")
+    t0 = time.perf_counter()
+    current, state, stack, writer = -1, "", contextlib.ExitStack(), None
+
+    def close() -> None:
+        nonlocal stack, writer
+        stack.close()
+        stack, writer = contextlib.ExitStack(), None
+
+    try:
+        for k, a, b, (x, errors) in zip(
+            bjob.tolist(), bstarts.tolist(), bstops.tolist(), loader, strict=True
+        ):
+            job = pending[k]
+            if k != current:
+                close()
+                current = k
+                stack.enter_context(cache.lock(job.subject))
+                # Checked again under the lock: another process may have written it meanwhile.
+                if cache.has(job.subject, job.n_frames, ext.dim):
+                    report.skipped.append(job.subject)
+                    state = "skip"
+                else:
+                    cache.remove_stale_tmp(job.subject)
+                    writer = stack.enter_context(cache.writer(job.subject, job.n_frames, ext.dim, vcfg.dtype))
+                    state = "open"
+            if state != "open":
+                bar.update(b - a)
+                continue
+            bad = [e for e in errors if e]
+            try:
+                if bad:
+                    more = f" (and {len(bad) - 1} more crop(s) in this batch)" if len(bad) > 1 else ""
+                    raise OSError(bad[0] + more)
+                writer.write(flat_frames[a:b], ext.embed(x))
+                report.frames += b - a
+                if b == ends[k]:
+                    writer.commit(presence[k], fill_sources(presence[k], vcfg.fill))
+                    report.extracted.append(job.subject)
+                    close()
+                    state = "done"
+            except (OSError, FloatingPointError) as e:
+                report.failed[job.subject] = str(e)
+                log.error("%s: %s", job.subject, e)
+                close()
+                state = "failed"
+            bar.update(b - a)
+    finally:
+        stack.__exit__(*sys.exc_info())
+        bar.close()
+        report.loop_seconds += time.perf_counter() - t0
+
+
+# ---- audio ------------------------------------------------------------------------------------------
+def _extract_audio(
+    cfg: Config, table, jobs: list[Job], cache: FeatureCache, report: ExtractReport, device: str
+) -> None:
+    audio = _audio_module()
+    acfg = cfg.features.audio
+    by_video: dict[str, list[Job]] = {}
+    for j in jobs:
+        by_video.setdefault(str(j.video_path or j.video), []).append(j)
+    todo = [
+        (key, [j for j in group if not cache.has(j.subject, j.n_frames)]) for key, group in by_video.items()
+    ]
+    report.skipped += [
+        j.subject for group in by_video.values() for j in group if cache.has(j.subject, j.n_frames)
+    ]
+    todo = [(key, group) for key, group in sorted(todo) if group]
+    if not todo:
+        return
+    ext = audio.AudioExtractor(acfg, device)
+    if cache.dim not in (None, ext.dim):
+        raise RuntimeError(f"{cache.path} holds features of width {cache.dim}, the backbone gives {ext.dim}")
+    bar = _progress(sum(j.n_frames for _, group in todo for j in group), f"audio {acfg.preset}")
+    t0 = time.perf_counter()
+    try:
+        for _, group in todo:
+            video_path = group[0].video_path
+            times = {j.subject: _frame_times(table, j) for j in group}
+            if video_path is None or not video_path.is_file() or any(t is None for t in times.values()):
+                out = {
+                    j.subject: (np.zeros((j.n_frames, ext.dim), np.float32), np.zeros(j.n_frames, bool))
+                    for j in group
+                }
+                where = f"raw video {video_path} not found" if video_path else "no raw video in the index"
+                report.warnings += [
+                    f"{j.subject}: {where}; audio features are zeros, mask all False" for j in group
+                ]
+            else:
+                # Both sides of a two-person video share one pass over the union of their timestamps.
+                union = np.unique(np.concatenate(list(times.values())))
+                try:
+                    feats, mask = ext.embed_video(video_path, union)
+                except audio.AudioDecodeError as e:
+                    for j in group:
+                        report.failed[j.subject] = str(e)
+                    bar.update(sum(j.n_frames for j in group))
+                    continue
+                if feats.shape != (len(union), ext.dim) or mask.shape != (len(union),):
+                    raise RuntimeError(
+                        f"AudioExtractor gave {feats.shape} / {mask.shape} for {len(union)} timestamps of {video_path}"
+                    )
+                report.frames += len(union)
+                rows = {s: np.searchsorted(union, t) for s, t in times.items()}
+                out = {s: (feats[r], mask[r]) for s, r in rows.items()}
+            for j in group:
+                try:
+                    if cache.write_subject(j.subject, *out[j.subject], acfg.dtype):
+                        report.extracted.append(j.subject)
+                    else:
+                        report.skipped.append(j.subject)
+                except FloatingPointError as e:
+                    report.failed[j.subject] = str(e)
+                bar.update(j.n_frames)
+    finally:
+        bar.close()
+        report.loop_seconds += time.perf_counter() - t0
+
+
+def _frame_times(table, job: Job) -> np.ndarray | None:
+    if "frame_times" not in table.columns:
+        return None
+    value = table["frame_times"][job.row]
+    if value is None:
+        return None
+    times = np.asarray(value.to_numpy(), dtype=np.float64)
+    if len(times) != job.n_frames:
+        raise ValueError(f"index: {job.subject} has {len(times)} frame_times for {job.n_frames} frames")
+    return times
+
+
+# ---- entry points ----------------------------------------------------------------------------------
+def extract_features(cfg: Config, kind: str, shard: str | None = None, index=None) -> ExtractReport:
+    """Fill the ``kind`` cache for the subjects of ``load_index(cfg)`` (or the given index table).
+
+    Returns what was extracted, skipped and failed; the manifest is written when the cache is complete.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"feature kind {kind!r} is not one of {KINDS}")
+    t0 = time.perf_counter()
+    shard = shard or cfg.features.shard or None
+    shard_t = parse_shard(shard) if shard else None
+    name, settings = feature_settings(cfg, kind)
+    cache = FeatureCache(cfg.release_cache / "features" / f"{name}-{stable_hash(settings)}")
+    report = ExtractReport(kind=kind, cache_dir=cache.path, shard=shard or "")
+    if index is None:
+        from abaw.data.index import load_index
+
+        index = load_index(cfg).table
+    jobs = _jobs(cfg, index, report)
+    _prepare_cache(cfg, cache, settings, jobs)
+
+    if kind == "visual":
+        mine = _in_shard([j.subject for j in jobs], shard_t)
+        _extract_visual(cfg, [j for j in jobs if j.subject in mine], cache, report)
+    else:
+        from abaw.features.visual import resolve_device
+
+        videos = _in_shard(sorted({str(j.video_path or j.video) for j in jobs}), shard_t)
+        mine_jobs = [j for j in jobs if str(j.video_path or j.video) in videos]
+        _extract_audio(cfg, index, mine_jobs, cache, report, str(resolve_device(cfg.features.device)))
+
+    report.complete = _finish_manifest(cache, jobs, kind, settings)
+    report.seconds = time.perf_counter() - t0
+    for s, why in sorted(report.failed.items()):
+        log.error("%s features failed for %s: %s", kind, s, why)
+    return report
+
+
+def cli_features(cfg: Config, args) -> int:
+    """``abaw features [--only visual|audio] [--shard I/N]``: 0 when every subject succeeded."""
+    from abaw.features.registry import WeightsError
+
+    kinds = [args.only] if getattr(args, "only", None) else list(KINDS)
+    shard = getattr(args, "shard", None) or cfg.features.shard or None
+    status = 0
+    for kind in kinds:
+        try:
+            report = extract_features(cfg, kind, shard=shard)
+        except (WeightsError, ValueError) as e:
+            print(f"abaw features ({kind}): {e}", file=sys.stderr)
+            return 2
+        print(report.summary(), file=sys.stdout if report.ok else sys.stderr, flush=True)
+        if not report.ok:
+            status = 1
+    return status

@@ -1,0 +1,88 @@
+"""The full models: per-modality encoders -> (recursive joint cross-attention) -> regression head.
+
+One class covers every variant (see ``abaw.models.registry``): which modalities it encodes, and
+whether the encoded features pass through the recursion, with which gates, before the head.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from abaw.models.attention import RecursiveJointCrossAttention
+from abaw.models.config import ModelConfig
+from abaw.models.encoders import ModalityEncoder
+from abaw.models.heads import RegressionHead
+from abaw.models.shapes import expect_shape, resolve_mask
+
+MODALITIES = ("audio", "visual")
+
+
+class FusionOutput(NamedTuple):
+    """pred [B, L, 2] (valence, arousal) in (-1, 1); gates: name -> values, see
+    ``RecursiveJointCrossAttention`` ("audio/iter" [B, L, T, 2], "audio/stage" [B, L, T], same for
+    visual; empty for variants without gates). Values at masked frames are finite but meaningless:
+    average gates over ``mask`` when logging them."""
+
+    pred: Tensor
+    gates: dict[str, Tensor]
+
+
+class FusionModel(nn.Module):
+    """forward(audio [B, L, Ia], visual [B, L, Iv], mask bool [B, L] | None) -> FusionOutput.
+
+    Inputs may be any float dtype (float16 from a memmap): they are cast to the parameters' dtype.
+    ``mask`` is True on frames that exist (False on padding); frames without labels but with features
+    should stay True, since they carry context. A modality the variant does not use may be None."""
+
+    def __init__(self, cfg: ModelConfig, in_audio: int, in_visual: int, modalities: tuple[str, ...] = MODALITIES,
+                 attention: bool = True, iteration_gate: bool = True, stage_gate: bool = True):
+        super().__init__()
+        cfg.validate()
+        for name, dim in (("in_audio", in_audio), ("in_visual", in_visual)):
+            if dim < 1:
+                raise ValueError(f"{name}={dim}: feature width must be >= 1")
+        if not modalities or any(m not in MODALITIES for m in modalities):
+            raise ValueError(f"modalities {modalities}: expected a non-empty subset of {MODALITIES}")
+        if attention and len(modalities) < 2:
+            raise ValueError("joint cross-attention needs two modalities")
+        self.cfg, self.modalities = cfg, tuple(modalities)
+        self.in_dims = {"audio": in_audio, "visual": in_visual}
+        dims = {"audio": cfg.d_audio, "visual": cfg.d_visual}
+        self.dims = {m: dims[m] for m in self.modalities}
+        self.encoders = nn.ModuleDict({
+            m: ModalityEncoder(m, self.in_dims[m], self.dims[m], cfg.encoder, cfg.tcn_layers, cfg.tcn_kernel,
+                               cfg.blstm_layers, cfg.dropout)
+            for m in self.modalities
+        })
+        self.fusion = RecursiveJointCrossAttention(
+            self.dims, cfg.iterations, cfg.shared_weights, cfg.dropout,
+            paper_length=cfg.paper_length if cfg.paper_mode else None,
+            iteration_gate=iteration_gate, stage_gate=stage_gate, gate_input=cfg.gate_input, feed=cfg.feed,
+            gate_tau=cfg.gate_tau, stage_tau=cfg.stage_tau,
+        ) if attention else None
+        self.head = RegressionHead(sum(self.dims.values()), cfg.head, cfg.head_hidden, cfg.head_layers,
+                                   cfg.tcn_kernel, cfg.dropout)
+
+    def forward(self, audio: Tensor | None, visual: Tensor | None, mask: Tensor | None = None) -> FusionOutput:
+        sizes: dict[str, int] = {}
+        inputs = {"audio": audio, "visual": visual}
+        for m, x in inputs.items():
+            # The unused modality is still checked when given: a mismatch there is an upstream bug.
+            if x is None and m not in self.modalities:
+                continue
+            expect_shape(x, m, ("B", "L", self.in_dims[m]), sizes)
+            if not x.is_floating_point():
+                raise TypeError(f"{m}: expected floating-point features, got {x.dtype}")
+        if sizes["L"] < 1:
+            raise ValueError("inputs have no frames (L=0)")
+        param = next(self.parameters())
+        mask = resolve_mask(mask, sizes, param.device)
+        xs = {m: self.encoders[m](inputs[m].to(param.dtype), mask) for m in self.modalities}
+        gates: dict[str, Tensor] = {}
+        if self.fusion is not None:
+            xs, gates = self.fusion(xs, mask)
+        pred = self.head(torch.cat([xs[m] for m in self.modalities], dim=-1), mask)
+        return FusionOutput(pred, gates)

@@ -1,0 +1,171 @@
+"""The LightningModule: loss, optimiser and schedule, validation by stitched whole subjects.
+
+The network is an ``abaw.models`` module (built here from the model config, or handed in by tests); the
+data comes from ``FusionDataModule``. Validation pools every annotated frame of every validation subject
+(never unlabelled or padded frames) and scores P_VA with ``abaw.metrics``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from abaw.training.config import TrainConfig
+from abaw.training.inference import forward_batch, gate_means, pooled, stitch_batch
+from abaw.training.windows import Stitcher
+
+
+def masked_mse(pred: torch.Tensor, gold: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    w = mask.to(pred.dtype).unsqueeze(-1)
+    return ((pred - gold) ** 2 * w).sum() / (w.sum() * pred.shape[-1]).clamp_min(1.0)
+
+
+def lr_lambda(step: int, total: int, warmup: float, scheduler: str, min_ratio: float) -> float:
+    """LR multiplier at optimiser step ``step``: linear warm-up from 1 % over ``warmup`` steps, then
+    constant (``none``) or a half cosine down to ``min_ratio`` at ``total`` steps."""
+    if warmup > 0 and step < warmup:
+        return 0.01 + 0.99 * step / warmup
+    if scheduler == "none":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class FusionModule(pl.LightningModule):
+    def __init__(self, train_cfg: dict, model_cfg: dict, in_audio: int, in_visual: int,
+                 model: nn.Module | None = None):
+        super().__init__()
+        # Plain dicts in the checkpoint: enough to rebuild the network without this run's config file.
+        self.save_hyperparameters({"train_cfg": train_cfg, "model_cfg": model_cfg,
+                                   "in_audio": in_audio, "in_visual": in_visual})
+        from abaw.config import from_dict
+
+        self.tc: TrainConfig = from_dict(TrainConfig, train_cfg, "train")
+        if model is None:
+            model = build_network(model_cfg, in_audio, in_visual)
+        self.model = model
+        self.p_va_best = -math.inf
+        self.history: list[dict] = []  # one row per validation epoch; restored on resume
+        self._train_sum = 0.0
+        self._train_n = 0
+        self._stitcher: Stitcher | None = None
+        self._gates: dict[str, list] = {}
+
+    def forward(self, audio, visual, pad=None):
+        return self.model(audio, visual, pad)
+
+    # ---- loss -------------------------------------------------------------------------------
+    def loss(self, pred: torch.Tensor, gold: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        from abaw.metrics.loss import ccc_loss
+
+        # The CCC needs a variance: with fewer than two annotated frames in the batch there is no
+        # signal, so the step contributes a zero (connected to the graph, so DDP ranks stay in step).
+        if int(mask.sum()) < 2:
+            return pred.sum() * 0.0
+        pred = pred.float()
+        loss = ccc_loss(pred, gold, mask)
+        if self.tc.loss_mse:
+            loss = loss + self.tc.loss_mse * masked_mse(pred, gold, mask)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = forward_batch(self.model, batch)
+        loss = self.loss(out.pred, batch["gold"], batch["mask"])
+        b = batch["audio"].shape[0]
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=b)
+        self._train_sum += float(loss.detach()) * b
+        self._train_n += b
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._train_sum, self._train_n = 0.0, 0
+
+    # ---- validation -------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._stitcher = Stitcher()
+        self._gates = {}
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = forward_batch(self.model, batch)
+        stitch_batch(self._stitcher, batch, out)
+        for name, (total, count) in gate_means(out, batch["pad"]).items():
+            acc = self._gates.setdefault(name, [0.0, 0.0])
+            acc[0] = acc[0] + total.cpu().double().numpy()
+            acc[1] = acc[1] + float(count)
+
+    def on_validation_epoch_end(self) -> None:
+        from abaw.metrics import p_va
+
+        st = self._stitcher
+        # Lightning's sanity check and limit_val_batches see only part of the set: score what was seen.
+        partial = self.trainer.sanity_checking or self.tc.limit_val_batches < 1.0
+        pred, gold, mask = pooled(st, st.subjects(), allow_gaps=partial)
+        if mask.sum() >= 2:
+            scores = p_va(pred, gold, mask)
+        else:
+            scores = {"p_va": float("nan"), "ccc_v": float("nan"), "ccc_a": float("nan")}
+        metrics = {f"val/{k}": float(scores[k]) for k in ("p_va", "ccc_v", "ccc_a")}
+        for name, (total, count) in sorted(self._gates.items()):
+            means = np.asarray(total / max(count, 1.0))
+            if means.size == 1:
+                metrics[f"gate/{name}"] = float(means.reshape(-1)[0])
+                continue
+            # "gate/audio/iter_2_1": iteration 2, weight on the attended branch.
+            for idx in np.ndindex(means.shape):
+                metrics[f"gate/{name}_{'_'.join(map(str, idx))}"] = float(means[idx])
+        if self.trainer.sanity_checking:
+            return
+        if np.isfinite(metrics["val/p_va"]) and metrics["val/p_va"] > self.p_va_best:
+            self.p_va_best = metrics["val/p_va"]
+        metrics["val/p_va_best"] = self.p_va_best
+        for k, v in metrics.items():
+            self.log(k, v, prog_bar=k in ("val/p_va", "val/p_va_best"))
+        row = {"epoch": self.current_epoch, "step": self.global_step,
+               "train/loss": self._train_sum / self._train_n if self._train_n else float("nan"),
+               "lr": self._current_lr(), **metrics}
+        self.history.append(row)
+
+    def _current_lr(self) -> float:
+        opts = self.trainer.optimizers if self.trainer else []
+        return float(opts[0].param_groups[0]["lr"]) if opts else float("nan")
+
+    # ---- optimiser --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if p.requires_grad:
+                # Biases and norm scales are not weights to shrink.
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.tc.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.tc.lr,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = total / max(1, self.trainer.max_epochs or 1)
+        warmup = self.tc.warmup_epochs * per_epoch
+        tc = self.tc
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_lambda(step, total, warmup, tc.scheduler, tc.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- state that must survive a resume ------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["abaw"] = {"p_va_best": self.p_va_best, "history": self.history}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("abaw", {})
+        self.p_va_best = state.get("p_va_best", -math.inf)
+        self.history = list(state.get("history", []))
+
+
+def build_network(model_cfg: dict, in_audio: int, in_visual: int) -> nn.Module:
+    from abaw.config import from_dict
+    from abaw.models import build_model
+    from abaw.models.config import ModelConfig
+
+    return build_model(from_dict(ModelConfig, model_cfg, "model"), in_audio, in_visual)

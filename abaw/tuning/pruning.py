@@ -1,0 +1,42 @@
+"""Optuna pruning for ``pytorch_lightning``.
+
+``optuna_integration.PyTorchLightningPruningCallback`` is written against the ``lightning`` package and
+does not work with ``pytorch_lightning`` objects (the two namespaces must not be mixed), so the few lines
+it takes are written here on ``pytorch_lightning.Callback``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+
+
+class OptunaPruning(pl.Callback):
+    """Reports ``monitor`` after every validation epoch; stops the trainer when the trial should prune.
+
+    The objective raises ``optuna.TrialPruned`` after ``fit`` returns when ``pruned`` is set, so the trial
+    ends as PRUNED (raising inside the Lightning loop would be wrapped and lose the checkpoint logic).
+    """
+
+    def __init__(self, trial, monitor: str = "val/p_va") -> None:
+        self.trial = trial
+        self.monitor = monitor
+        self.pruned = False
+        self.reported_epochs = 0
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if not math.isfinite(value):
+            value = -1.0  # a diverged epoch is the worst P_VA, not a reason to crash the study
+        epoch = trainer.current_epoch
+        self.trial.report(value, step=epoch)
+        self.reported_epochs += 1
+        if self.trial.should_prune():
+            self.pruned = True
+            trainer.should_stop = True

@@ -1,0 +1,289 @@
+"""Training: windows and stitching, the datamodule's masks and reads, the Lightning loop (eval mode,
+artifacts, resume) on small fakes, and end-to-end on the generated release."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from abaw.config import load_config, with_overrides
+from abaw.training.datamodule import EpochShuffleSampler, FusionDataModule, SubjectSource, collate_windows
+from abaw.training.inference import predict_windows
+from abaw.training.store import RowReader, shift_index
+from abaw.training.windows import Stitcher, window_starts
+from training_fakes import PointwiseModel, fake_feature_dir, make_fake_release
+
+SMALL_MODEL = ["model.d_audio=16", "model.d_visual=16", "model.tcn_layers=2", "model.tcn_kernel=3",
+               "model.iterations=2", "model.head_hidden=16"]
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """(cfg, index table) of a fake release whose caches sit where ``feature_dir`` points."""
+    import abaw.features.extract as extract
+
+    monkeypatch.setattr(extract, "feature_dir", fake_feature_dir)
+    cfg = load_config("configs/test.yaml", [f"cache_root={tmp_path / 'cache'}", "train.window=64",
+                                            "train.hop=48", "train.batch_size=8", "train.lr=3e-3",
+                                            "train.patience=0", *SMALL_MODEL])
+    return cfg, make_fake_release(cfg, tmp_path)
+
+
+def datamodule(cfg, table, **over) -> FusionDataModule:
+    if over:
+        cfg = with_overrides(cfg, [f"train.{k}={v}" for k, v in over.items()])
+    return FusionDataModule(cfg, source=SubjectSource(cfg, table=table))
+
+
+# ---- windows ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("n", "window", "hop"), [(1000, 300, 200), (301, 300, 200), (300, 300, 200),
+                                                  (120, 300, 200), (97, 10, 3), (10, 10, 10)])
+def test_windows_cover_every_frame_and_end_align(n, window, hop):
+    starts = window_starts(n, window, hop)
+    covered = np.zeros(n, dtype=int)
+    for s in starts:
+        covered[s:s + window] += 1
+    assert covered.min() >= 1
+    assert starts[0] == 0
+    if n >= window:
+        assert starts[-1] == n - window  # the last window ends on the last frame, never padded
+        assert np.all(np.diff(starts)[:-1] == hop) and np.diff(starts).max(initial=0) <= hop
+    else:
+        assert list(starts) == [0]
+
+
+def test_stitched_windows_equal_the_whole_subject_forward(fake):
+    cfg, table = fake
+    source = SubjectSource(cfg, table=table)
+    subjects = source.open(["v01", "v04", "v02"], labels=True)  # v02 (50 frames) is shorter than a window
+    torch.manual_seed(0)
+    model = PointwiseModel(p_drop=0.5)  # dropout: a model left in train mode would not match
+    model.train()
+    whole = predict_windows(model, subjects, window=0, hop=0, batch_size=1)
+    windows = predict_windows(model, subjects, window=64, hop=48, batch_size=4)
+    assert model.training  # restored afterwards
+    for s in subjects:
+        a, b = whole.mean(s.name), windows.mean(s.name)
+        assert a.shape == (s.n_frames, 2) and a.dtype == np.float32
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        ga, gb = whole.mean(s.name, "gate:audio/iter"), windows.mean(s.name, "gate:audio/iter")
+        np.testing.assert_allclose(ga, gb, atol=1e-5)
+        np.testing.assert_array_equal(whole.fixed(s.name, "mask"), s.valid)
+
+
+def test_stitcher_averages_overlaps_and_refuses_gaps():
+    st = Stitcher()
+    st.add("s", 0, 5, {"pred": np.ones((4, 2))})
+    st.add("s", 2, 5, {"pred": np.full((4, 2), 3.0)})  # last row is padding past frame 5
+    np.testing.assert_allclose(st.mean("s")[:, 0], [1, 1, 2, 2, 3])
+    st.add("t", 0, 6, {"pred": np.ones((3, 2))})
+    with pytest.raises(ValueError, match="t: 3 frame"):
+        st.mean("t")
+    assert st.covered("t").tolist() == [True] * 3 + [False] * 3
+
+
+# ---- the datamodule -------------------------------------------------------------------------------
+@pytest.mark.parametrize("mask_missing_face", [False, True])
+def test_mask_excludes_unlabelled_padding_and_optionally_missing_faces(fake, mask_missing_face):
+    cfg, table = fake
+    dm = datamodule(cfg, table, mask_missing_face=mask_missing_face)
+    vdir = fake_feature_dir(cfg, "visual")
+    rows = {r["subject"]: r for r in table.iter_rows(named=True)}
+    seen_pad = seen_unlabelled = seen_noface = 0
+    loader = dm.train_dataloader()
+    for batch in loader:
+        for j, subject in enumerate(batch["subject"]):
+            start, n = int(batch["start"][j]), int(batch["n_frames"][j])
+            length = int(batch["pad"][j].sum())
+            raw = np.loadtxt(rows[subject]["label_file"], delimiter=",", skiprows=1, ndmin=2)
+            face = np.load(vdir / f"{subject}.mask.npy")
+            expect = np.zeros(batch["mask"].shape[1], dtype=bool)
+            sl = slice(start, start + length)
+            expect[:length] = (raw[sl] != -5).all(1)
+            if mask_missing_face:
+                expect[:length] &= face[sl]
+            np.testing.assert_array_equal(batch["mask"][j].numpy(), expect, err_msg=subject)
+            assert length == min(64, n - start)
+            seen_pad += int((~batch["pad"][j]).sum())
+            seen_unlabelled += int((raw[sl] == -5).all(1).sum())
+            seen_noface += int((~face[sl]).sum())
+            # The -5 sentinel never reaches the loss, even where the mask is off.
+            assert (batch["gold"][j].abs() <= 1).all()
+    assert seen_pad and seen_unlabelled and seen_noface  # the fakes exercise every case
+
+
+def test_training_windows_shuffle_per_epoch_with_a_seed():
+    a, b = EpochShuffleSampler(50, seed=3), EpochShuffleSampler(50, seed=3)
+    assert list(a) == list(b) and sorted(a) == list(range(50))
+    first = list(a)
+    a.set_epoch(1)
+    assert list(a) != first
+    ranks = [EpochShuffleSampler(50, seed=3, rank=r, world=3) for r in range(3)]
+    shards = [list(r) for r in ranks]
+    assert {len(s) for s in shards} == {17}
+    assert set().union(*shards) == set(range(50))  # every window on some rank; wrap-padding only
+
+
+def test_row_reader_reads_the_file_not_resident_pages(tmp_path):
+    arr = np.random.default_rng(0).normal(size=(500, 7)).astype(np.float16)
+    np.save(tmp_path / "x.npy", arr)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    r = RowReader(mm, "x")
+    assert r._path is not None  # the pread path, not memmap slicing
+    np.testing.assert_array_equal(r.read(10, 70), arr[10:70].astype(np.float32))
+    np.testing.assert_array_equal(r.read(490, 600), arr[490:].astype(np.float32))
+    idx = np.array([3, 3, 4, 9])
+    np.testing.assert_array_equal(r.read_index(idx), arr[idx].astype(np.float32))
+    (tmp_path / "x.npy").write_bytes((tmp_path / "x.npy").read_bytes()[:-100])  # truncated on disk
+    with pytest.raises(OSError, match="short read"):
+        r.read(400, 500)
+
+
+def test_audio_shift_uses_timestamps(fake):
+    t30 = np.arange(100) / 30.0
+    np.testing.assert_array_equal(shift_index(t30, 0.5)[15:], np.arange(85))
+    assert (shift_index(t30, 0.5)[:15] == 0).all()
+    t6 = np.arange(40) / 6.0  # 6 fps: half a second is 3 frames, not 15
+    np.testing.assert_array_equal(shift_index(t6, 0.5)[3:], np.arange(37))
+    cfg, table = fake
+    plain = SubjectSource(cfg, table=table).open(["v04"])[0]
+    shifted = SubjectSource(cfg, table=table, audio_shift_s=0.5).open(["v04"])[0]
+    n = plain.n_frames
+    np.testing.assert_array_equal(shifted.read(20, 84)["audio"], plain.read(20 - 15, 84 - 15)["audio"])  # 30 fps
+    np.testing.assert_array_equal(shifted.read(0, n)["visual"], plain.read(0, n)["visual"])
+
+
+def test_shuffled_labels_are_a_derangement(fake):
+    cfg, table = fake
+    dm = datamodule(cfg, table, shuffle_labels="true")
+    assert dm.label_sources and all(k != v for k, v in dm.label_sources.items())
+    assert sorted(dm.label_sources.values()) == sorted(dm.label_sources)
+    plain = {s.name: s for s in datamodule(cfg, table).train_subjects}
+    for s in dm.train_subjects:
+        src = plain[dm.label_sources[s.name]]
+        m = min(s.n_frames, src.n_frames)
+        np.testing.assert_array_equal(s.gold[:m], src.gold[:m])
+        assert not s.valid[m:].any()
+    # Validation keeps its true labels: the score must be against the truth.
+    for a, b in zip(dm.val_subjects, datamodule(cfg, table).val_subjects, strict=True):
+        np.testing.assert_array_equal(a.gold, b.gold)
+
+
+def test_cache_that_does_not_match_the_frame_axis_is_named(fake):
+    cfg, table = fake
+    bad = table.with_columns(pl.when(pl.col("subject") == "v01").then(999).otherwise(pl.col("n_frames"))
+                             .alias("n_frames"))
+    with pytest.raises(ValueError, match=r"v01.*240 feature rows.*999 frames"):
+        datamodule(cfg, bad)
+    missing = pl.concat([table, table.filter(pl.col("subject") == "v01").with_columns(subject=pl.lit("ghost"))])
+    with pytest.raises(FileNotFoundError, match="ghost.*abaw features"):
+        datamodule(cfg, missing)
+
+
+def test_collate_pads_to_the_longest_window():
+    items = [{"audio": np.ones((n, 2), np.float32), "visual": np.ones((n, 3), np.float32),
+              "gold": np.zeros((n, 2), np.float32), "mask": np.ones(n, bool), "subject": f"s{n}",
+              "start": 0, "n_frames": n} for n in (5, 9)]
+    b = collate_windows(items)
+    assert b["audio"].shape == (2, 9, 2)
+    assert b["pad"].sum(1).tolist() == [5, 9] and b["mask"].sum(1).tolist() == [5, 9]
+
+
+# ---- the Lightning loop ------------------------------------------------------------------------------
+class ModeRecorder:
+    """Callback recording whether the network is in train mode at each train/validation batch."""
+
+    def __new__(cls):
+        import pytorch_lightning as pl
+
+        class _Rec(pl.Callback):
+            def __init__(self):
+                self.train, self.val = [], []
+
+            def on_train_batch_start(self, trainer, module, batch, idx):
+                self.train.append(module.model.training)
+
+            def on_validation_batch_start(self, trainer, module, batch, idx, dataloader_idx=0):
+                self.val.append(module.model.training)
+
+        return _Rec()
+
+
+def test_training_run_writes_its_artifacts_and_learns(fake):
+    from abaw.training.train import train
+
+    cfg, table = fake
+    cfg = with_overrides(cfg, ["train.max_epochs=6", "train.name=pointwise"])
+    rec = ModeRecorder()
+    metrics, art = train(cfg, datamodule=datamodule(cfg, table), model=PointwiseModel(p_drop=0.1),
+                         callbacks=[rec])
+    run = cfg.release_cache / "runs" / "pointwise"
+    for name in ("best.ckpt", "last.ckpt", "config.yaml", "folds.json", "val_predictions.parquet",
+                 "metrics.csv", "per_subject.csv", "postprocess.json", "val_plot.png", "curves.png",
+                 "summary.json"):
+        assert (run / name).is_file(), name
+    assert set(rec.train) == {True} and set(rec.val) == {False}  # Lightning's eval() in validation
+    # The features carry the labels: six short epochs must find them (a broken loop scores ~0).
+    assert metrics["p_va"] > 0.5, metrics
+    assert metrics["p_va_post"] >= metrics["p_va"] - 1e-6  # window 1 is a candidate
+    history = pl.read_csv(run / "metrics.csv")
+    assert history["epoch"].to_list() == list(range(6))
+    assert {"train/loss", "val/p_va", "val/ccc_v", "val/ccc_a", "val/p_va_best", "lr"} <= set(history.columns)
+    assert any(c.startswith("gate/audio/iter") for c in history.columns)
+    assert history["val/p_va_best"].to_list() == list(np.maximum.accumulate(history["val/p_va"].to_numpy()))
+    assert abs(history["val/p_va"].max() - metrics["p_va"]) < 1e-4  # the best checkpoint, re-scored
+    preds = pl.read_parquet(run / "val_predictions.parquet")
+    assert preds.columns == ["subject", "frame", "pred_v", "pred_a", "gold_v", "gold_a", "valid"]
+    assert preds.height == 200 + 60 + 150
+    assert preds.filter(~pl.col("valid"))["gold_v"].null_count() == (~preds["valid"]).sum()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["metrics"] == pytest.approx(metrics)
+    assert summary["split"]["mode"] == "official" and summary["split"]["n_val"] == 3
+    folds = json.loads((run / "folds.json").read_text())
+    assert sorted(folds["val"]) == ["v10", "v11", "v12"] and "v10" not in folds["train"]
+    assert art["best"] == run / "best.ckpt"
+
+
+def test_resume_continues_from_the_saved_epoch(fake):
+    from abaw.training.train import train
+
+    cfg, table = fake
+    one = with_overrides(cfg, ["train.max_epochs=1", "train.name=resumable", "train.scheduler=none"])
+    train(one, datamodule=datamodule(one, table), model=PointwiseModel())
+    run = one.release_cache / "runs" / "resumable"
+    first = torch.load(run / "last.ckpt", weights_only=False)
+    steps = first["global_step"]
+    assert first["epoch"] == 0 and steps > 0
+    row0 = pl.read_csv(run / "metrics.csv").row(0, named=True)
+
+    two = with_overrides(one, ["train.max_epochs=2"])
+    metrics, _ = train(two, datamodule=datamodule(two, table), model=PointwiseModel())
+    second = torch.load(run / "last.ckpt", weights_only=False)
+    assert second["epoch"] == 1 and second["global_step"] == 2 * steps
+    history = pl.read_csv(run / "metrics.csv")
+    assert history["epoch"].to_list() == [0, 1]
+    assert history.row(0, named=True) == pytest.approx(row0)  # epoch 0 restored, not retrained
+    assert metrics["epochs"] == 2
+
+    # Same config again: the run is complete, nothing is retrained.
+    again, _ = train(two, datamodule=datamodule(two, table), model=PointwiseModel())
+    assert again == pytest.approx(metrics)
+    assert torch.load(run / "last.ckpt", weights_only=False)["global_step"] == 2 * steps
+
+
+def test_kfold_run_records_its_split(fake):
+    from abaw.training.train import train
+
+    cfg, table = fake
+    cfg = with_overrides(cfg, ["train.folds=3", "train.fold=1", "train.max_epochs=1"])
+    train(cfg, datamodule=datamodule(cfg, table), model=PointwiseModel())
+    run = cfg.release_cache / "runs" / f"{cfg.model.variant}-fold1"
+    folds = json.loads((run / "folds.json").read_text())
+    assert folds["mode"] == "kfold" and folds["fold"] == 1 and folds["folds"] == 3
+    assert set(folds["official_val_in_train"]) <= {"v10", "v11", "v12"}
+    videos = lambda names: {n.replace("_left", "").replace("_right", "") for n in names}  # noqa: E731
+    assert videos(folds["train"]).isdisjoint(videos(folds["val"]))
