@@ -1,15 +1,17 @@
 """Model cost: forward+backward time and parameter count of every variant at window 300, batch 16
 (Ia=128 log-mel embeddings, Iv=512 ResNet-18 features), next to a plain 2-layer BLSTM over the
 concatenated features measured in the same run. Rounds are interleaved, so load on a shared machine
-moves every row alike; each time is the median over rounds.
+moves every row alike, and each time is the fastest round: other processes only ever add time, so the
+minimum is the least disturbed measurement. CPU time is printed beside wall time: on a machine with
+more runnable processes than cores, the wall time of many small multi-threaded ops is dominated by
+threads waiting for each other, and the script says so (BENCH_THREADS=1 then gives usable figures).
 
-    .venv/bin/python -m bench models        (BENCH_DEVICE=cuda to time on a GPU)
+    .venv/bin/python -m bench models        (BENCH_DEVICE=cuda to time on a GPU, BENCH_THREADS=n)
 """
 
 from __future__ import annotations
 
 import os
-import statistics
 import time
 
 import torch
@@ -48,7 +50,7 @@ def _sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     device = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
     torch.manual_seed(0)
     models: dict[str, nn.Module] = {"blstm2 (reference)": ConcatBLSTM(IN_AUDIO + IN_VISUAL)}
@@ -66,25 +68,33 @@ def main() -> None:
     visual = torch.rand(BATCH, WINDOW, IN_VISUAL, device=device).half()
     mask = torch.ones(BATCH, WINDOW, dtype=torch.bool, device=device)
 
-    times: dict[str, list[float]] = {name: [] for name in models}
+    wall: dict[str, list[float]] = {name: [] for name in models}
+    cpu: dict[str, list[float]] = {name: [] for name in models}
     for model in models.values():  # warm-up: allocator, kernels, thread pool
         _step(model, audio, visual, mask)
     for _ in range(ROUNDS):
         for name, model in models.items():
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             _step(model, audio, visual, mask)
             _sync(device)
-            times[name].append(time.perf_counter() - t0)
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
 
     ref = "blstm2 (reference)"
-    ref_t, ref_p = statistics.median(times[ref]), count_parameters(models[ref])
+    ref_w, ref_c, ref_p = min(wall[ref]), min(cpu[ref]), count_parameters(models[ref])
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
     print(f"device={device}, threads={torch.get_num_threads()}, batch={BATCH}, window={WINDOW}, "
-          f"Ia={IN_AUDIO}, Iv={IN_VISUAL}, median of {ROUNDS} interleaved rounds (forward+backward)")
-    print(f"{'model':<28}{'params':>12}{'x ref':>8}{'fwd+bwd ms':>13}{'x ref':>8}")
+          f"Ia={IN_AUDIO}, Iv={IN_VISUAL}, fastest of {ROUNDS} interleaved rounds (forward+backward), "
+          f"load average {load:.1f} on {cores} cores")
+    if load > cores:
+        advice = "; rerun with BENCH_THREADS=1" if torch.get_num_threads() > 1 else ""
+        print(f"WARNING: more runnable processes than cores: wall times are inflated, and so is the CPU "
+              f"time of threads waiting for each other{advice}")
+    print(f"{'model':<28}{'params':>12}{'x ref':>7}{'wall ms':>10}{'x ref':>7}{'cpu ms':>10}{'x ref':>7}")
     for name, model in models.items():
-        t, p = statistics.median(times[name]), count_parameters(model)
-        print(f"{name:<28}{p:>12,}{p / ref_p:>8.2f}{1e3 * t:>13.1f}{t / ref_t:>8.2f}")
+        w, c, p = min(wall[name]), min(cpu[name]), count_parameters(model)
+        print(f"{name:<28}{p:>12,}{p / ref_p:>7.2f}{1e3 * w:>10.0f}{w / ref_w:>7.2f}{1e3 * c:>10.0f}{c / ref_c:>7.2f}")
 
 
 if __name__ == "__main__":

@@ -622,3 +622,16 @@ def test_audio_end_to_end_on_the_synthetic_release(fast_cfg, synth_release, tmp_
     left, right = (cache.load(f"359-30-1280x720_{s}")[0] for s in ("left", "right"))
     n = min(len(left), len(right))
     np.testing.assert_array_equal(left[:n], right[:n])
+
+
+def test_cache_folder_that_contradicts_its_settings_is_refused(hand, tmp_path):
+    from abaw.features.cache import CacheError
+
+    _, table = hand
+    cfg = _hand_cfg(hand, tmp_path)
+    report = extract_features(cfg, "visual", index=table)
+    settings = json.loads((report.cache_dir / "settings.json").read_text())
+    settings["fill"] = "zeros"
+    (report.cache_dir / "settings.json").write_text(json.dumps(settings))
+    with pytest.raises(CacheError, match="settings.json does not match"):
+        extract_features(cfg, "visual", index=table)

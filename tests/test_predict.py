@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import polars as pl
 import pytest
+from training_fakes import fake_feature_dir, make_fake_release
 
 from abaw.config import load_config, with_overrides
 from abaw.submit.predict import (
@@ -19,7 +20,6 @@ from abaw.submit.predict import (
     predict_subjects,
     run_summaries,
 )
-from training_fakes import fake_feature_dir, make_fake_release
 
 SMALL_MODEL = ["model.d_audio=16", "model.d_visual=16", "model.tcn_layers=2", "model.tcn_kernel=3",
                "model.iterations=2", "model.head_hidden=16"]

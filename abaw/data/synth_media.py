@@ -1,5 +1,5 @@
-"""Pictures and containers for the synthetic release: a cartoon face whose mouth and brows show valence,
-and real .mp4/.avi files written (and read back) with PyAV.
+"""Pictures and containers for the synthetic release: a cartoon face whose mouth, brows and skin colour
+show valence, and real .mp4/.avi files written (and read back) with PyAV.
 
 The face cue is deliberately large and high-contrast: the demo embeds crops with a random-weight
 ResNet, so subtle cues would not survive. Arousal is not drawn.
@@ -105,7 +105,7 @@ def render_faces(
     S = CROP
     bg, face, u, w, skin = _canvas(app)
     # Rows and columns that can hold a brow or the mouth, whatever the valence.
-    rows = np.flatnonzero(((w[:, 0] > -0.75) & (w[:, 0] < 0.95)))
+    rows = np.flatnonzero((w[:, 0] > -0.75) & (w[:, 0] < 0.95))
     cols = np.flatnonzero(np.abs(u[0]) < 0.6)
     r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     uw, ww = u[r0:r1, c0:c1][None], w[r0:r1, c0:c1][None]
@@ -146,8 +146,12 @@ def render_faces(
         win[inside & ((np.abs(ww - wc) < 0.07) | (np.abs(ww - w0) < 0.03))] = app.lips
         for j in np.flatnonzero(present[idx] & (mode[idx] == OCCLUDE)):
             canvas[j][occluder] = occ_col
-        crops = np.stack([canvas[j, PAD + dy[i] : PAD + dy[i] + S, PAD + dx[i] : PAD + dx[i] + S]
-                          for j, i in enumerate(idx)])
+        crops = np.stack(
+            [
+                canvas[j, PAD + dy[i] : PAD + dy[i] + S, PAD + dx[i] : PAD + dx[i] + S]
+                for j, i in enumerate(idx)
+            ]
+        )
         crops *= shade * gain[idx][:, None, None, None]
         crops += noise[pick[idx]]
         out[idx] = np.clip(crops, 0, 255).astype(np.uint8)

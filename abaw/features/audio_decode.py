@@ -106,7 +106,10 @@ def decode_audio(
         if not container.streams.audio:
             raise NoAudioStreamError(path, "the file has no audio stream")
         stream = container.streams.audio[0]
-        codec = stream.codec_context.codec.name
+        try:
+            codec = stream.codec_context.codec.name
+        except (AttributeError, av.FFmpegError) as e:  # a codec this FFmpeg build cannot decode
+            raise AudioDecodeError(path, f"no decoder for its audio stream ({e})") from e
         chunks: list[np.ndarray] = []
         n = 0  # samples placed so far, at the native rate
         rate = 0
@@ -133,10 +136,17 @@ def decode_audio(
                     t = _time(frame.pts, frame.time_base)
                     if t0 is None:
                         rate = frame.sample_rate
-                        t0 = t if t is not None else (first_packet[0] if first_packet else None) or Fraction(0)
+                        if t is None:  # a frame without pts: fall back to its packet's, else 0
+                            t = (
+                                first_packet[0]
+                                if first_packet and first_packet[0] is not None
+                                else Fraction(0)
+                            )
+                        t0 = t
                     elif frame.sample_rate != rate:
                         raise AudioDecodeError(
-                            path, f"the sample rate changes from {rate} to {frame.sample_rate} Hz at {float(t or 0):.3f} s"
+                            path,
+                            f"the sample rate changes from {rate} to {frame.sample_rate} Hz at {float(t or 0):.3f} s",
                         )
                     elif t is not None:
                         # Trust the running sample count unless the pts disagrees by more than a tick of
@@ -158,11 +168,15 @@ def decode_audio(
         if packets == 0:
             raise NoAudioStreamError(path, "the audio stream has no packets")
         if n == 0 or t0 is None:
-            raise AudioDecodeError(path, f"none of {packets} audio packets decoded ({last_error or 'no samples'})")
+            raise AudioDecodeError(
+                path, f"none of {packets} audio packets decoded ({last_error or 'no samples'})"
+            )
         if bad > MAX_BAD_PACKET_FRACTION * packets:
             raise AudioDecodeError(path, f"{bad} of {packets} audio packets failed to decode ({last_error})")
         if bad:
-            log.warning("%s: %d of %d audio packets failed to decode; filled with silence", path, bad, packets)
+            log.warning(
+                "%s: %d of %d audio packets failed to decode; filled with silence", path, bad, packets
+            )
 
     start = t0
     container_trims = first_packet is not None and (
@@ -172,6 +186,7 @@ def decode_audio(
         start = t0 - Fraction(CODEC_DELAY_SAMPLES[codec], rate)
 
     wave = np.concatenate(chunks)
+    chunks.clear()  # a 15-minute 48 kHz track is 170 MB per copy: keep one before resampling
     if rate != target_rate:
         import torch
         import torchaudio.functional as AF

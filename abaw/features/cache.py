@@ -92,6 +92,10 @@ def _complete_npy(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
         return None
 
 
+class CacheError(RuntimeError):
+    """A cache folder whose contents contradict its name (settings, feature width): never written into."""
+
+
 class FeatureCache:
     """Read (and, through ``writer``, fill) one backbone's feature folder."""
 

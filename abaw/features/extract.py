@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from abaw.config import Config, save_config, stable_hash
-from abaw.features.cache import FeatureCache, fill_sources
+from abaw.features.cache import CacheError, FeatureCache, fill_sources
 from abaw.features.config import parse_shard
 from abaw.features.registry import EXTRACTOR_VERSION, resolve_visual, visual_settings
 from abaw.utils import atomic_write_json, code_version
@@ -78,15 +78,15 @@ class ExtractReport:
 
     def summary(self) -> str:
         rate = (
-            f", {self.frames / self.loop_seconds:.0f} frames/s"
+            f" at {self.frames / self.loop_seconds:.0f} frames/s"
             if self.frames and self.loop_seconds > 0
             else ""
         )
         lines = [
             f"{self.kind} features -> {self.cache_dir}"
             + (f" (shard {self.shard})" if self.shard else "")
-            + f": {len(self.extracted)} extracted, {len(self.skipped)} already done, {len(self.failed)} failed"
-            + f" ({self.frames} frames in {self.seconds:.1f} s{rate}); "
+            + f": {len(self.extracted)} extracted, {len(self.skipped)} already done, {len(self.failed)} failed;"
+            + f" {self.frames} frames{rate}, {self.seconds:.1f} s in all; "
             + ("cache complete" if self.complete else "cache not complete yet")
         ]
         lines += [f"  warning: {w}" for w in self.warnings]
@@ -182,7 +182,7 @@ def _prepare_cache(cfg: Config, cache: FeatureCache, settings: dict[str, Any], j
             save_config(cfg, cache.path / "config.yaml")
             atomic_write_json(cache.path / "settings.json", expected)
         elif stored != expected:
-            raise RuntimeError(
+            raise CacheError(
                 f"{cache.path}/settings.json does not match this config's settings (same hash, different "
                 "content: the folder was edited or written by other code); move it away and rerun"
             )
@@ -208,7 +208,7 @@ def _finish_manifest(cache: FeatureCache, jobs: list[Job], kind: str, settings: 
             return False
         dims = {s[1] for s in shapes.values()}
         if len(dims) > 1:
-            raise RuntimeError(f"{cache.path}: subjects of different widths {sorted(dims)}")
+            raise CacheError(f"{cache.path}: subjects of different widths {sorted(dims)}")
         import timm
         import torch
 
@@ -258,12 +258,12 @@ def _extract_visual(cfg: Config, jobs: list[Job], cache: FeatureCache, report: E
 
     vcfg = cfg.features.visual
     pending = [j for j in jobs if not cache.has(j.subject, j.n_frames)]
-    report.skipped += [j.subject for j in jobs if j not in pending]
+    report.skipped += sorted({j.subject for j in jobs} - {j.subject for j in pending})
     if not pending:
         return
     ext = VisualExtractor(vcfg, resolve_device(cfg.features.device))
     if cache.dim not in (None, ext.dim):
-        raise RuntimeError(f"{cache.path} holds features of width {cache.dim}, the backbone gives {ext.dim}")
+        raise CacheError(f"{cache.path} holds features of width {cache.dim}, the backbone gives {ext.dim}")
 
     # One flat list of (subject, frame) over all pending subjects and one DataLoader for the whole run, so
     # workers keep decoding across subject boundaries. Batches never span two subjects.
@@ -361,7 +361,6 @@ def _extract_visual(cfg: Config, jobs: list[Job], cache: FeatureCache, report: E
                     state = "done"
             except (OSError, FloatingPointError) as e:
                 report.failed[job.subject] = str(e)
-                log.error("%s: %s", job.subject, e)
                 close()
                 state = "failed"
             bar.update(b - a)
@@ -379,7 +378,7 @@ def _extract_audio(
     acfg = cfg.features.audio
     by_video: dict[str, list[Job]] = {}
     for j in jobs:
-        by_video.setdefault(str(j.video_path or j.video), []).append(j)
+        by_video.setdefault(j.video, []).append(j)
     todo = [
         (key, [j for j in group if not cache.has(j.subject, j.n_frames)]) for key, group in by_video.items()
     ]
@@ -391,7 +390,7 @@ def _extract_audio(
         return
     ext = audio.AudioExtractor(acfg, device)
     if cache.dim not in (None, ext.dim):
-        raise RuntimeError(f"{cache.path} holds features of width {cache.dim}, the backbone gives {ext.dim}")
+        raise CacheError(f"{cache.path} holds features of width {cache.dim}, the backbone gives {ext.dim}")
     bar = _progress(sum(j.n_frames for _, group in todo for j in group), f"audio {acfg.preset}")
     t0 = time.perf_counter()
     try:
@@ -477,14 +476,13 @@ def extract_features(cfg: Config, kind: str, shard: str | None = None, index=Non
     else:
         from abaw.features.visual import resolve_device
 
-        videos = _in_shard(sorted({str(j.video_path or j.video) for j in jobs}), shard_t)
-        mine_jobs = [j for j in jobs if str(j.video_path or j.video) in videos]
+        # By raw video name (the same on every machine), so both sides of a video land in one shard.
+        videos = _in_shard(sorted({j.video for j in jobs}), shard_t)
+        mine_jobs = [j for j in jobs if j.video in videos]
         _extract_audio(cfg, index, mine_jobs, cache, report, str(resolve_device(cfg.features.device)))
 
     report.complete = _finish_manifest(cache, jobs, kind, settings)
     report.seconds = time.perf_counter() - t0
-    for s, why in sorted(report.failed.items()):
-        log.error("%s features failed for %s: %s", kind, s, why)
     return report
 
 
@@ -498,7 +496,7 @@ def cli_features(cfg: Config, args) -> int:
     for kind in kinds:
         try:
             report = extract_features(cfg, kind, shard=shard)
-        except (WeightsError, ValueError) as e:
+        except (WeightsError, CacheError, ValueError) as e:
             print(f"abaw features ({kind}): {e}", file=sys.stderr)
             return 2
         print(report.summary(), file=sys.stdout if report.ok else sys.stderr, flush=True)

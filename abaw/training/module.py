@@ -123,7 +123,9 @@ class FusionModule(pl.LightningModule):
             self.p_va_best = metrics["val/p_va"]
         metrics["val/p_va_best"] = self.p_va_best
         for k, v in metrics.items():
-            self.log(k, v, prog_bar=k in ("val/p_va", "val/p_va_best"))
+            # Every rank scored the same whole validation set: syncing averages identical values (a
+            # few scalars per epoch) and keeps Lightning's DDP logging checks quiet.
+            self.log(k, v, prog_bar=k in ("val/p_va", "val/p_va_best"), sync_dist=True)
         row = {"epoch": self.current_epoch, "step": self.global_step,
                "train/loss": self._train_sum / self._train_n if self._train_n else float("nan"),
                "lr": self._current_lr(), **metrics}

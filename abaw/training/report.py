@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 from abaw.training.inference import GATE_PREFIX, pooled
+from abaw.training.store import SubjectData
 from abaw.training.windows import Stitcher
 from abaw.utils import atomic_path
 
@@ -32,28 +33,28 @@ def write_history(history: Sequence[dict], path: Path) -> Path:
     return write_csv(df, path)
 
 
-def predictions_frame(stitcher: Stitcher, subjects: Sequence[str]) -> pl.DataFrame:
-    """val_predictions.parquet: one row per frame of every validation subject; ``valid`` marks frames
-    that count in the metric."""
+def predictions_frame(stitcher: Stitcher, subjects: Sequence[SubjectData]) -> pl.DataFrame:
+    """val_predictions.parquet: one row per frame of every validation subject. ``gold_*`` is null where
+    the frame is not annotated (never the -5 sentinel or a fake 0); ``valid`` marks the frames that
+    count in the metric (annotated, and with a face under ``train.mask_missing_face``)."""
     parts = []
     for s in subjects:
-        pred = stitcher.mean(s, "pred")
-        gold = stitcher.fixed(s, "gold")
-        valid = stitcher.fixed(s, "mask")
+        pred = stitcher.mean(s.name, "pred")
         n = len(pred)
+        gold = np.where(s.valid[:, None], s.gold, np.nan)
         parts.append(pl.DataFrame({
-            "subject": [s] * n,
+            "subject": [s.name] * n,
             "frame": np.arange(n, dtype=np.int32),
             "pred_v": pred[:, 0], "pred_a": pred[:, 1],
-            # Unannotated frames carry no gold value: null, never the -5 sentinel or a fake 0.
-            "gold_v": np.where(valid, gold[:, 0], np.nan), "gold_a": np.where(valid, gold[:, 1], np.nan),
-            "valid": valid,
+            "gold_v": gold[:, 0], "gold_a": gold[:, 1],
+            "valid": stitcher.fixed(s.name, "mask"),
         }).with_columns(pl.col("gold_v").fill_nan(None), pl.col("gold_a").fill_nan(None)))
     return pl.concat(parts) if parts else pl.DataFrame()
 
 
 def read_predictions(path: Path) -> tuple[dict, dict, dict]:
-    """Inverse of ``predictions_frame``: per-subject pred[N,2], gold[N,2] (0 where invalid), valid[N]."""
+    """Per-subject pred[N,2], gold[N,2] (0 where not annotated) and the metric mask from
+    ``predictions_frame``'s file."""
     df = pl.read_parquet(path).sort("subject", "frame", maintain_order=True)
     preds, golds, masks = {}, {}, {}
     for (subject,), part in df.group_by("subject", maintain_order=True):

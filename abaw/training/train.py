@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_only
 
 from abaw.config import Config, save_config, stable_hash, to_dict
 from abaw.training.datamodule import FusionDataModule
@@ -148,11 +149,14 @@ def train(cfg: Config, *, datamodule: FusionDataModule | None = None, model: tor
     dm = datamodule or FusionDataModule(cfg)
     last = out / "last.ckpt"
     resume_from = last if tc.resume and last.is_file() else None
-    if resume_from is None:
-        _clear_stale(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    split_path = dm.split.save(out / "folds.json")
+    split_path = out / "folds.json"
+    # Under DDP every rank runs this function; only the launching process (rank 0) writes files.
+    if rank_zero_only.rank == 0:
+        if resume_from is None:
+            _clear_stale(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        dm.split.save(split_path)
 
     lit = FusionModule(to_dict(tc), to_dict(cfg.model), dm.in_audio, dm.in_visual, model=model)
     trainer = build_trainer(cfg, out, callbacks)
@@ -216,7 +220,7 @@ def _clear_stale(out: Path) -> None:
         p = out / name
         if p.exists():
             log.warning("train.resume is off: removing %s from an earlier run", p)
-            p.unlink()
+            p.unlink(missing_ok=True)
 
 
 def _write_report(cfg: Config, out: Path, dm: FusionDataModule, stitcher, names: list[str],
@@ -228,7 +232,7 @@ def _write_report(cfg: Config, out: Path, dm: FusionDataModule, stitcher, names:
     return {
         "config": out / "config.yaml",
         "metrics_csv": write_history(history, out / "metrics.csv"),
-        "val_predictions": write_parquet(predictions_frame(stitcher, names), out / "val_predictions.parquet"),
+        "val_predictions": write_parquet(predictions_frame(stitcher, dm.val_subjects), out / "val_predictions.parquet"),
         "per_subject": write_csv(per_subject_table(preds, golds, masks), out / "per_subject.csv"),
         "val_plot": plot_validation(out / "val_plot.png", plot_subjects(stitcher, names, cfg.train.plot_subjects)),
         "curves": plot_curves(out / "curves.png", history),
