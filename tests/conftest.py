@@ -38,3 +38,14 @@ def synth_cfg(synth_release, tmp_path_factory):
         "configs/test.yaml",
         [f"data.root={synth_release}", f"cache_root={cache}"],
     )
+
+
+@pytest.fixture(scope="session")
+def synth_features_cfg(synth_cfg):
+    """``synth_cfg`` with both feature caches extracted once per session (the real index and extractors)."""
+    from abaw.features.extract import extract_features
+
+    for kind in ("visual", "audio"):
+        report = extract_features(synth_cfg, kind)
+        assert report.ok, report.summary()
+    return synth_cfg

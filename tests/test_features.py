@@ -635,3 +635,36 @@ def test_cache_folder_that_contradicts_its_settings_is_refused(hand, tmp_path):
     (report.cache_dir / "settings.json").write_text(json.dumps(settings))
     with pytest.raises(CacheError, match="settings.json does not match"):
         extract_features(cfg, "visual", index=table)
+
+
+def test_decoding_workers_give_identical_features_and_report_bad_crops(hand, tmp_path):
+    root, table = hand
+    expected = snapshot(
+        extract_features(_hand_cfg(hand, tmp_path / "inline"), "visual", index=table).cache_dir
+    )
+    report = extract_features(
+        _hand_cfg(
+            hand, tmp_path / "workers", "features.visual.num_workers=2", "features.visual.prefetch_factor=1"
+        ),
+        "visual",
+        index=table,
+    )
+    assert report.ok and snapshot(report.cache_dir) == expected
+
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    (broken / "cropped_aligned" / "c" / "00007.jpg").write_bytes(b"\xff\xd8 truncated")
+    cfg = load_config(
+        "configs/test.yaml",
+        [
+            f"data.root={broken}",
+            f"cache_root={tmp_path / 'b'}",
+            "features.visual.img_size=32",
+            "features.visual.num_workers=2",
+            "features.device=cpu",
+            "features.visual.batch_size=3",
+        ],
+    )
+    report = extract_features(cfg, "visual", index=table)
+    assert list(report.failed) == ["c"] and "00007.jpg" in report.failed["c"]
+    assert sorted(report.extracted) == ["a", "b", "d"] and not report.complete

@@ -29,7 +29,7 @@ def write_space(path: Path, text: str) -> Path:
 
 
 @pytest.fixture
-def tune_cfg(synth_cfg, tmp_path):
+def tune_cfg(synth_features_cfg, tmp_path):
     """Tiny trials: one short epoch each, a two-parameter space, outputs in tmp_path."""
     space = write_space(
         tmp_path / "space.yaml",
@@ -39,7 +39,7 @@ def tune_cfg(synth_cfg, tmp_path):
         "fixed:\n  train.max_epochs: 1\n",
     )
     return with_overrides(
-        synth_cfg,
+        synth_features_cfg,
         [f"tune.space={space}", f"tune.export_dir={tmp_path / 'tuned'}", "tune.study=t",
          f"tune.storage=sqlite:///{tmp_path / 'study.db'}", "tune.pruner=none", "model.d_audio=16",
          "model.d_visual=16", "model.head_hidden=16"],
@@ -145,7 +145,7 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tune_cfg, tmp_path):
     study = run_study(cfg)
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
-    assert all("7" in t.user_attrs["fail_reason"] for t in trials), [t.user_attrs for t in trials]
+    assert all("expected L=7" in t.user_attrs["fail_reason"] for t in trials), [t.user_attrs for t in trials]
     assert export_best(cfg, study) is None  # nothing completed, nothing exported
 
 
@@ -156,6 +156,7 @@ def test_killed_study_restarts_keeping_finished_trials(tune_cfg):
            f"tune.export_dir={cfg.tune.export_dir}", f"tune.storage={cfg.tune.storage}",
            "tune.study=killed", "tune.n_trials=3", "tune.pruner=none", "model.d_audio=16",
            "model.d_visual=16", "model.head_hidden=16"]
+    open_study(cfg)  # the schema exists before two processes touch the file
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     study = None

@@ -176,6 +176,10 @@ def _prepare_cache(cfg: Config, cache: FeatureCache, settings: dict[str, Any], j
     """Create the folder with settings.json and config.yaml; drop a manifest the index no longer matches."""
     cache.path.mkdir(parents=True, exist_ok=True)
     with cache.lock("manifest"):
+        # These files are only written under this lock, so any temp file of theirs is a killed run's.
+        for name in ("manifest.json", "settings.json", "config.yaml"):
+            for tmp in cache.path.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
         stored = cache.settings
         expected = _json_roundtrip(settings)
         if stored is None:

@@ -21,7 +21,8 @@ from abaw.features.config import VisualBackboneConfig
 from abaw.features.registry import RANDOM_INIT_SEED, VisualSpec, WeightsError, resolve_visual
 
 log = logging.getLogger(__name__)
-_RANDOM_INIT_LOCK = threading.Lock()
+# Model building swaps process-wide state (the torch RNG, Module.load_state_dict): one thread at a time.
+_BUILD_LOCK = threading.Lock()
 
 _CV2_INTERP = {
     "nearest": cv2.INTER_NEAREST,
@@ -130,7 +131,7 @@ def _recording_loads() -> Iterator[list]:
 
     def load(self, *args, **kwargs):
         result = real(self, *args, **kwargs)
-        results.append(result)
+        results.append((self, result))
         return result
 
     torch.nn.Module.load_state_dict = load
@@ -150,14 +151,13 @@ def load_backbone(spec: VisualSpec) -> torch.nn.Module:
 
     kwargs = dict(num_classes=0, **spec.kwargs)
     if spec.weights == "random":
-        # allow_random: seeded so shards and reruns agree, without touching the global RNG (which
-        # threads share, hence the lock).
-        with _RANDOM_INIT_LOCK, torch.random.fork_rng(devices=[]):
+        # allow_random: seeded so shards and reruns agree, without touching the global RNG.
+        with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             return timm.create_model(spec.model, pretrained=False, **kwargs)
     where = spec.weights_file or spec.weights_id
     try:
-        with _recording_loads() as loads:
+        with _BUILD_LOCK, _recording_loads() as loads:
             if spec.weights == "file":
                 # Through timm's pretrained path (not checkpoint_path=) so the classifier is dropped and
                 # checkpoints are adapted (position embeddings resampled, .npz converted) as for hub weights.
@@ -178,11 +178,14 @@ def load_backbone(spec: VisualSpec) -> torch.nn.Module:
         raise WeightsError(
             f"features.visual: cannot load {spec.model} weights from {where}: {e} ({hint})"
         ) from e
-    for result in loads:
-        if result.missing_keys:
+    for module, result in loads:
+        # Missing buffers can be fine (timm filters drop some and rebuild them); missing weights are not.
+        params = {name for name, _ in module.named_parameters()}
+        missing = [k for k in result.missing_keys if k in params]
+        if missing:
             raise WeightsError(
-                f"features.visual: {where} lacks {len(result.missing_keys)} tensor(s) of {spec.model} "
-                f"({_few(result.missing_keys)}): not a checkpoint of this architecture"
+                f"features.visual: {where} lacks {len(missing)} weight tensor(s) of {spec.model} "
+                f"({_few(missing)}): not a checkpoint of this architecture"
             )
         if result.unexpected_keys:
             log.warning("%s: tensors not used by %s: %s", where, spec.model, _few(result.unexpected_keys))

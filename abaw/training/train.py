@@ -175,10 +175,9 @@ def train(cfg: Config, *, datamodule: FusionDataModule | None = None, model: tor
     if not best_path.is_file():
         raise RuntimeError(f"{out}: no best.ckpt was written (validation P_VA never finite?); "
                            f"see {out / 'metrics.csv'}")
+    history = list(lit.history)  # every epoch run; the best checkpoint's copy stops at its own epoch
     best = torch.load(best_path, map_location="cpu", weights_only=False)
     lit.load_state_dict(best["state_dict"])
-    lit.on_load_checkpoint({"abaw": best.get("abaw", {})})
-    history = lit.history
 
     device = torch.device("cuda") if torch.cuda.is_available() and tc.accelerator != "cpu" else torch.device("cpu")
     lit.model.to(device)

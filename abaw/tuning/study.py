@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from abaw.config import Config, config_yaml, load_config, to_dict, with_overrides
 from abaw.tuning.space import apply, load_space
-from abaw.utils import atomic_write_text
+from abaw.utils import atomic_write_text, file_lock
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -73,14 +73,20 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
 
 
 def open_study(cfg: Config) -> optuna.Study:
-    return optuna.create_study(
-        study_name=cfg.tune.study,
-        storage=make_storage(cfg),
-        sampler=make_sampler(cfg),
-        pruner=make_pruner(cfg),
-        direction="maximize",
-        load_if_exists=True,
-    )
+    url = storage_url(cfg)
+    # Two processes creating a fresh SQLite schema at once collide ("table trials already exists"):
+    # serialise the creation on this machine.
+    lock = (url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else
+            str(cfg.release_cache / "studies" / cfg.tune.study)) + ".lock"
+    with file_lock(lock):
+        return optuna.create_study(
+            study_name=cfg.tune.study,
+            storage=make_storage(cfg),
+            sampler=make_sampler(cfg),
+            pruner=make_pruner(cfg),
+            direction="maximize",
+            load_if_exists=True,
+        )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -166,28 +172,35 @@ def _free_accelerator_memory() -> None:
         pass
 
 
-def _worker(cfg_dict: dict, n_threads: int) -> None:
-    """One worker process: optimise until the study holds ``n_trials`` finished trials."""
+def _worker(cfg_dict: dict, n_threads: int, quota: int) -> None:
+    """One worker process: run ``quota`` trials of the shared study."""
     import torch
 
     torch.set_num_threads(max(1, n_threads))
     cfg = with_overrides(load_config(), cfg_dict)
-    optimize(cfg)
+    optimize(cfg, quota)
 
 
-def optimize(cfg: Config) -> optuna.Study:
+def remaining_trials(cfg: Config, study: optuna.Study) -> int:
+    return max(0, cfg.tune.n_trials - finished_count(study))
+
+
+def optimize(cfg: Config, quota: int | None = None) -> optuna.Study:
+    """Run up to ``quota`` trials (default: what the study lacks of ``n_trials``) in this process."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(cfg.tune.space, cfg)
     study = open_study(cfg)
-    fail_dead_trials(study)
-    remaining = cfg.tune.n_trials - finished_count(study)
-    if remaining <= 0:
+    if quota is None:
+        fail_dead_trials(study)
+        quota = remaining_trials(cfg, study)
+    if quota <= 0:
         return study
-    # The callback counts trials across every worker and machine, so n_trials is the study's total.
+    # Quotas make the total exact for the workers started here; the callback also stops this worker
+    # once the study is full, when other machines work on the same storage.
     stop = optuna.study.MaxTrialsCallback(cfg.tune.n_trials, states=FINISHED)
     study.optimize(
         lambda t: objective(t, cfg, space),
-        n_trials=remaining,
+        n_trials=quota,
         timeout=cfg.tune.timeout or None,
         catch=(Exception,),
         callbacks=[stop],
@@ -200,17 +213,24 @@ def run_study(cfg: Config) -> optuna.Study:
     """Run (or continue) the study with ``cfg.tune.workers`` processes; export the best trial."""
     load_space(cfg.tune.space, cfg)  # fail on a bad space before starting any process
     study = open_study(cfg)  # create it once, so workers do not race to create it
-    if cfg.tune.workers == 1:
-        optimize(cfg)
+    fail_dead_trials(study)
+    remaining = remaining_trials(cfg, study)
+    workers = min(cfg.tune.workers, remaining)
+    if workers <= 1:
+        optimize(cfg, remaining)
     else:
         ctx = mp.get_context("spawn")
-        threads = max(1, (os.cpu_count() or 1) // cfg.tune.workers)
-        procs = [ctx.Process(target=_worker, args=(to_dict(cfg), threads)) for _ in range(cfg.tune.workers)]
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        quotas = [remaining // workers + (k < remaining % workers) for k in range(workers)]
+        procs = [ctx.Process(target=_worker, args=(to_dict(cfg), threads, q)) for q in quotas]
         for p in procs:
             p.start()
             time.sleep(0.5)  # stagger the first sampler calls
         for p in procs:
             p.join()
+        dead = [p.exitcode for p in procs if p.exitcode]
+        if dead:  # its trial is failed by fail_dead_trials on the next start; the study itself is intact
+            print(f"warning: {len(dead)} tuning worker(s) exited abnormally (exit codes {dead})")
     study = open_study(cfg)
     export_best(cfg, study)
     return study
