@@ -97,7 +97,8 @@ def overhead(root: Path) -> None:
 
     from abaw.metrics.loss import ccc_loss
     from abaw.models import build_model
-    from abaw.training.datamodule import FusionDataModule
+    from abaw.training.datamodule import NORM_KEYS, FusionDataModule
+    from abaw.training.inference import forward_batch
 
     device = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
     cfg = _cfg(root / "cache", [])
@@ -105,11 +106,11 @@ def overhead(root: Path) -> None:
     torch.manual_seed(0)
     model = build_model(cfg.model, dm.in_audio, dm.in_visual).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    keys = ("audio", "visual", "gold", "mask", "pad")
+    keys = ("audio", "visual", "gold", "mask", "pad", *NORM_KEYS)
 
     def step(batch: dict) -> None:
-        b = {k: batch[k].to(device, non_blocking=True) for k in keys}
-        out = model(b["audio"], b["visual"], b["pad"])
+        b = {k: batch[k].to(device, non_blocking=True) for k in keys if k in batch}
+        out = forward_batch(model, b)
         loss = ccc_loss(out.pred.float(), b["gold"], b["mask"])
         loss.backward()
         opt.step()

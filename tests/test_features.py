@@ -522,37 +522,20 @@ def test_audio_once_per_raw_video_for_both_sides(tmp_path, monkeypatch):
     for name in ("v1.mp4", "broken.mp4", "v4.mp4"):
         (tmp_path / name).write_bytes(b"")
     t = lambda n, off=0.0: [off + i / 10 for i in range(n)]  # noqa: E731
+
+    def row(subject, video, n, file, times):
+        path = str(tmp_path / file) if file else None
+        return dict(subject=subject, video=video, n_frames=n, video_path=path, frame_times=times)
+
     table = pl.DataFrame(
         [
-            dict(
-                subject="v1_left",
-                video="v1",
-                n_frames=4,
-                video_path=str(tmp_path / "v1.mp4"),
-                frame_times=t(4),
-            ),
-            dict(
-                subject="v1_right",
-                video="v1",
-                n_frames=6,
-                video_path=str(tmp_path / "v1.mp4"),
-                frame_times=t(6),
-            ),
-            dict(
-                subject="broken",
-                video="broken",
-                n_frames=3,
-                video_path=str(tmp_path / "broken.mp4"),
-                frame_times=t(3),
-            ),
-            dict(subject="gone", video="gone", n_frames=3, video_path=None, frame_times=None),
-            dict(
-                subject="v4",
-                video="v4",
-                n_frames=5,
-                video_path=str(tmp_path / "v4.mp4"),
-                frame_times=t(5, 0.05),
-            ),
+            row("v1_left", "v1", 4, "v1.mp4", t(4)),
+            row("v1_right", "v1", 6, "v1.mp4", t(6)),
+            row("broken", "broken", 3, "broken.mp4", t(3)),
+            row("gone", "gone", 3, None, None),
+            # The file is there but the index could not probe it (no frame clock): zeros, said so.
+            row("v1_x", "v1_x", 2, "v1.mp4", None),
+            row("v4", "v4", 5, "v4.mp4", t(5, 0.05)),
         ]
     )
     cfg = load_config("configs/test.yaml", [f"cache_root={tmp_path / 'cache'}", "features.device=cpu"])
@@ -562,7 +545,11 @@ def test_audio_once_per_raw_video_for_both_sides(tmp_path, monkeypatch):
     np.testing.assert_array_equal(v1_times, t(6))  # the union of both sides' timestamps, one pass
     assert list(report.failed) == ["broken"] and "bad packets" in report.failed["broken"]
     assert any(w.startswith("gone: no raw video") for w in report.warnings)
-    assert sorted(report.extracted) == ["gone", "v1_left", "v1_right", "v4"] and not report.complete
+    assert (
+        f"v1_x: no frame timestamps in the index for {tmp_path / 'v1.mp4'} (unreadable video?); audio "
+        "features are zeros, mask all False" in report.warnings
+    )
+    assert sorted(report.extracted) == ["gone", "v1_left", "v1_right", "v1_x", "v4"] and not report.complete
 
     cache = FeatureCache(report.cache_dir)
     for s, n in (("v1_left", 4), ("v1_right", 6)):

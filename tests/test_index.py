@@ -492,3 +492,93 @@ def test_cli_on_a_missing_release_exits_2(tmp_path, capsys):
     cfg = load_config("configs/test.yaml", [f"data.root={tmp_path / 'nothing'}", f"cache_root={tmp_path}"])
     assert cli_data(cfg, argparse.Namespace()) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def _copy_release(synth_release, tmp_path) -> tuple[Path, object]:
+    src = tmp_path / "rel"
+    shutil.copytree(synth_release, src, copy_function=os.link)  # hard links: cheap; unlink before editing
+    cfg = load_config("configs/test.yaml", [f"data.root={src}", f"cache_root={tmp_path / 'cache'}"])
+    return src, cfg
+
+
+def test_only_official_crop_names_count_and_extraction_reads_the_same_frames(synth_release, traps, tmp_path):
+    from abaw.features.extract import crop_presence
+
+    src, cfg = _copy_release(synth_release, tmp_path)
+    subject = next(s for s, f in traps["subjects"].items() if not f["missing_crop_runs"])
+    crops = src / "cropped_aligned" / subject
+    # Frame 3 saved as "3.jpg", frame 5 as "0005.jpg": extraction reads only %05d.jpg, so both are
+    # missing frames with an odd-file note, not faces the features would lack.
+    os.rename(crops / "00003.jpg", crops / "3.jpg")
+    os.rename(crops / "00005.jpg", crops / "0005.jpg")
+    row = _rows(build_index(cfg))[subject]
+    n = row["n_frames"]
+    assert row["missing_crop_runs"] == [[2, 3], [4, 5]]
+    assert row["crops_present"] == n - 2 and row["usable"]
+    assert _has(row, "2 crop file(s) not named %05d.jpg (1-based), so never read: 0005.jpg, 3.jpg")
+    present, misnamed = crop_presence(Path(row["crop_dir"]), n)
+    expected = np.ones(n, bool)
+    for s, e in row["missing_crop_runs"]:
+        expected[s:e] = False
+    np.testing.assert_array_equal(present, expected)
+    assert misnamed == 2
+
+
+def test_per_side_raw_videos_are_not_mixed_up(synth_release, traps, tmp_path):
+    """A release with X_left.mp4 and X_right.mp4 but no X.mp4: each side is indexed with its own file."""
+    src, cfg = _copy_release(synth_release, tmp_path)
+    subs = traps["subjects"]
+    left = next(s for s in subs if s.endswith("_left") and subs[s]["video_path"].endswith(".mp4"))
+    video, right = subs[left]["video"], f"{subs[left]['video']}_right"
+    other = next(s for s, f in subs.items() if f["video"] != video and f["video_path"].endswith(".mp4"))
+    shared = src / subs[left]["video_path"]
+    os.rename(shared, shared.with_name(f"{left}.mp4"))
+    shutil.copy(src / subs[other]["video_path"], shared.with_name(f"{right}.mp4"))
+    rows = _rows(build_index(cfg))
+    for side, frames in ((left, subs[left]["decoded_frames"]), (right, subs[other]["decoded_frames"])):
+        r = rows[side]
+        assert r["video_path"] == str(shared.with_name(f"{side}.mp4")), r
+        assert r["video"] == side and r["decoded_frames"] == frames
+        assert _has(r, "raw video found under the subject's own name")
+
+
+def test_test_subjects_without_crops_or_video_stay_usable_and_get_zero_features(
+    synth_release, traps, tmp_path
+):
+    """The submission needs every frame of every listed test video: a test subject with no face crops (or
+    no raw video) is still predicted, from zero features masked False, and `abaw data` does not fail."""
+    import polars as pl
+
+    from abaw.features.cache import FeatureCache
+    from abaw.features.extract import extract_features
+
+    src, cfg = _copy_release(synth_release, tmp_path)
+    subs = traps["subjects"]
+    plain = [
+        s
+        for s, f in subs.items()
+        if f["split"] == "test" and sum(g["video"] == f["video"] for g in subs.values()) == 1
+    ]
+    no_crops, no_video = plain[:2]
+    shutil.rmtree(src / "cropped_aligned" / no_crops)
+    (src / subs[no_video]["video_path"]).unlink()
+    result = build_index(cfg)
+    rows = _rows(result)
+    assert result.errors == []
+    a, b = rows[no_crops], rows[no_video]
+    assert a["usable"] and b["usable"]
+    assert a["n_frames"] == subs[no_crops]["sample_rows"] and b["n_frames"] == subs[no_video]["sample_rows"]
+    assert a["crops_present"] == 0 and a["missing_crop_runs"] == [[0, a["n_frames"]]]
+    assert _has(a, "no crops at all") and "visual features are zeros" in " ".join(a["odd"])
+    assert _has(b, "no raw video") and "audio features are zeros" in " ".join(b["odd"])
+    assert b["frame_times"] is None and b["crops_present"] > 0
+
+    table = result.table.filter(pl.col("subject").is_in([no_crops, no_video]))
+    visual = extract_features(cfg, "visual", index=table)
+    audio = extract_features(cfg, "audio", index=table)
+    assert visual.ok and audio.ok and visual.complete and audio.complete
+    feats, mask = FeatureCache(visual.cache_dir).load(no_crops)
+    assert feats.shape[0] == a["n_frames"] and not mask.any() and not feats.any()
+    feats, mask = FeatureCache(audio.cache_dir).load(no_video)
+    assert feats.shape[0] == b["n_frames"] and not mask.any() and not feats.any()
+    assert FeatureCache(visual.cache_dir).load(no_video)[1].sum() == b["crops_present"]

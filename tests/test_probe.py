@@ -152,18 +152,7 @@ def test_probe_facts(tmp_path):
     assert late.has_audio and late.audio_rate == 16000 and late.audio_channels == 1
     assert late.audio_start == pytest.approx(0.0, abs=0.05) and late.audio_codec == "aac"
 
-    avi = probe_video(
-        write_video(
-            tmp_path / "a.avi",
-            list(range(15)),
-            codec="mjpeg",
-            fmt="avi",
-            rate=10,
-            time_base=None,
-            audio_rate=22050,
-            audio_channels=2,
-        )
-    )
+    avi = probe_video(write_video(tmp_path / "a.avi", **CASES["avi_mjpeg_pcm"][0]))
     assert avi.fps == pytest.approx(10.0) and avi.codec == "mjpeg"
     assert avi.has_audio and avi.audio_rate == 22050 and avi.audio_channels == 2
 

@@ -157,6 +157,29 @@ def test_audio_shift_uses_timestamps(fake):
     np.testing.assert_array_equal(shifted.read(0, n)["visual"], plain.read(0, n)["visual"])
 
 
+def test_features_are_standardised_per_subject(fake):
+    from abaw.training.datamodule import WindowDataset, make_windows
+    from abaw.training.inference import model_inputs
+
+    cfg, table = fake
+    assert cfg.train.feature_norm == "subject"
+    raw = SubjectSource(with_overrides(cfg, ["train.feature_norm=none"]), table=table).open(["v04"])[0]
+    std = SubjectSource(cfg, table=table).open(["v04"])[0]
+    assert raw.norm is None
+    whole = model_inputs(WindowDataset([std], make_windows([std], 0, 0)).__getitems__([0]))
+    windows = WindowDataset([std], make_windows([std], 64, 48))
+    for kind, x in zip(("audio", "visual"), whole, strict=True):
+        x = x[0].double().numpy()
+        np.testing.assert_allclose(x.mean(0), 0, atol=1e-4)
+        np.testing.assert_allclose(x.std(0), 1, atol=1e-4)
+        # A window is standardised with its subject's statistics, not its own.
+        mean, scale = std.norm[kind]
+        for batch in (windows.__getitems__([1, 2]), collate_windows([windows[1], windows[2]])):
+            got = model_inputs(batch)[0 if kind == "audio" else 1][0].numpy()
+            expect = (raw.read(48, 112)[kind].astype(np.float32) - mean) / scale
+            np.testing.assert_allclose(got, expect, atol=1e-5)
+
+
 def test_shuffled_labels_are_a_derangement(fake):
     cfg, table = fake
     dm = datamodule(cfg, table, shuffle_labels="true")
@@ -347,5 +370,5 @@ def test_audio_alignment_matters(synth_features):
     for shift in (-0.5, 0.0, 0.5):
         preds = predict_subjects(run_dir(cfg), names, audio_shift_s=shift)
         ccc_a[shift] = p_va(np.concatenate([preds[n] for n in names]), gold, mask)["ccc_a"]
-    assert ccc_a[0.0] > 0.3, ccc_a
+    assert ccc_a[0.0] > 0.15, ccc_a  # learnt something to lose
     assert ccc_a[0.0] - max(ccc_a[-0.5], ccc_a[0.5]) > 0.05, ccc_a

@@ -35,6 +35,7 @@ from abaw.data.probe import ProbeError, VideoProbe, probe_video
 from abaw.data.release import (
     Release,
     ReleaseError,
+    crop_name,
     discover,
     read_release_list,
     read_sample_counts,
@@ -103,45 +104,52 @@ class IndexResult:
 
 @dataclass
 class CropListing:
-    frames: np.ndarray  # sorted 0-based frame indices that have a crop file
+    frames: np.ndarray  # sorted 0-based frame indices that have a crop file named crop_name(frame)
     odd: list[str]
     size: tuple[int, int] | None  # (width, height) of the first crop
+    misnamed: int = 0  # <digits>.jpg files not spelled %05d.jpg (e.g. 1.jpg): extraction never reads them
 
 
 def list_crops(folder: Path) -> CropListing:
-    """One listing of a subject's crop folder: ``00001.jpg`` is frame 0."""
-    frames, odd_names, padding = [], [], set()
-    first: tuple[int, str] | None = None
+    """One listing of a subject's crop folder: ``00001.jpg`` is frame 0.
+
+    Only the official spelling ``crop_name(i)`` counts as frame i's crop, since that is the only name
+    feature extraction reads; counting ``1.jpg`` too would let the index promise a face the features lack.
+    Other names are reported as odd files.
+    """
+    frames, misnamed, others = [], [], []
     with os.scandir(folder) as it:
         for entry in it:
             m = _CROP.match(entry.name)
-            if m and int(m.group(1)) > 0:
-                i = int(m.group(1)) - 1
-                frames.append(i)
-                padding.add(len(m.group(1)))
-                if first is None or i < first[0]:
-                    first = (i, entry.name)
+            if m and int(m.group(1)) > 0 and crop_name(int(m.group(1)) - 1) == entry.name:
+                frames.append(int(m.group(1)) - 1)
+            elif m:
+                misnamed.append(entry.name)
             elif not entry.name.startswith("."):
-                odd_names.append(entry.name)
+                others.append(entry.name)
     odd = []
-    if odd_names:
-        shown = ", ".join(sorted(odd_names)[:3]) + (", ..." if len(odd_names) > 3 else "")
-        odd.append(f"{len(odd_names)} crop file(s) not named <frame>.jpg (1-based): {shown}")
-    arr = np.unique(np.asarray(frames, dtype=np.int64))
-    if len(arr) != len(frames):
-        odd.append(f"{len(frames) - len(arr)} crop frame number(s) present twice (e.g. 1.jpg and 00001.jpg)")
-    if padding - {5}:
-        odd.append(f"crop names padded to {sorted(padding)} digits, not 5")
+    if misnamed:
+        odd.append(
+            f"{len(misnamed)} crop file(s) not named %05d.jpg (1-based), so never read: {_shown(misnamed)}"
+        )
+    if others:
+        odd.append(f"{len(others)} crop file(s) not named <frame>.jpg (1-based): {_shown(others)}")
+    arr = np.sort(np.asarray(frames, dtype=np.int64))
     size = None
-    if first is not None:
+    if len(arr):
+        first = crop_name(int(arr[0]))
         try:
             from PIL import Image
 
-            with Image.open(folder / first[1]) as im:  # reads the header only
+            with Image.open(folder / first) as im:  # reads the header only
                 size = tuple(im.size)
         except Exception as e:  # a broken crop is worth a note, not a failed index
-            odd.append(f"crop {first[1]} unreadable: {e}")
-    return CropListing(arr, odd, size)
+            odd.append(f"crop {first} unreadable: {e}")
+    return CropListing(arr, odd, size, len(misnamed))
+
+
+def _shown(names: list[str], k: int = 3) -> str:
+    return ", ".join(sorted(names)[:k]) + (", ..." if len(names) > k else "")
 
 
 def _workers(cfg: DataConfig) -> int:
@@ -224,7 +232,9 @@ def _index(rel: Release, cfg: DataConfig, progress: Callable[[int, int], None] |
         if strays:
             warnings.append(f"{len(strays)} crop folder(s) belong to no split: {_few(strays)}")
 
-    videos = {source_video(s): rel.video_for(s) for s, _, _ in entries}
+    # Keyed by subject: where a release has no shared X.mp4 but X_left.mp4 and X_right.mp4, each side
+    # must get its own file (keyed by X, one would silently take the other's audio).
+    videos = {s: rel.video_for(s) for s, _, _ in entries}
     used = {p for p in videos.values() if p is not None}
     unused = sorted(name for name, p in rel.videos.items() if p not in used)
     if unused:
@@ -232,9 +242,8 @@ def _index(rel: Release, cfg: DataConfig, progress: Callable[[int, int], None] |
 
     jobs: dict[tuple[str, str], object] = {}
     with ThreadPoolExecutor(_workers(cfg)) as pool:
-        for name, path in videos.items():
-            if path is not None:
-                jobs["probe", name] = pool.submit(_safe, probe_video, path)
+        for path in sorted(used):  # each raw video once, however many subjects it serves
+            jobs["probe", str(path)] = pool.submit(_safe, probe_video, path)
         for subject, _, label_file in entries:
             if label_file is not None:
                 jobs["labels", subject] = pool.submit(_safe, read_annotations, label_file)
@@ -264,8 +273,11 @@ def _row(subject, split, label_file, rel, results, sample_counts, videos, cfg) -
     row.update(subject=subject, video=source_video(subject), split=split, mismatches=[], odd=[], errors=[])
     if label_file is not None:
         _labels_part(row, label_file, results.get(("labels", subject)))
-    probe = results.get(("probe", row["video"]))
-    _video_part(row, videos.get(row["video"]), probe, cfg)
+    path = videos.get(subject)
+    if path is not None:
+        row["video"] = path.stem  # the raw video actually used: the audio grouping key downstream
+    probe = results.get(("probe", str(path)))
+    _video_part(row, path, probe, cfg)
     if split == "test":
         if subject in sample_counts:
             row["sample_rows"] = row["n_frames"] = sample_counts[subject]
@@ -301,13 +313,13 @@ def _video_part(row: dict, path: Path | None, probe, cfg: DataConfig) -> None:
     if path is None:
         where = ", ".join(cfg.video_dirs)
         exts = "/".join(cfg.video_exts)
-        row["errors"].append(f"no raw video {row['video']} ({exts}) below data.video_dirs ({where})")
+        _media_problem(row, f"no raw video {row['video']} ({exts}) below data.video_dirs ({where})", "audio")
         return
     row["video_path"] = str(path)
     if not isinstance(probe, VideoProbe):
-        row["errors"].append(f"raw video unreadable: {probe}")
+        _media_problem(row, f"raw video unreadable: {probe}", "audio")
         return
-    if path.stem != row["video"]:
+    if path.stem != source_video(row["subject"]):
         row["odd"].append(f"raw video found under the subject's own name {path.name}")
     row.update(
         decoded_frames=probe.n_frames,
@@ -352,10 +364,12 @@ def _axis_times(row: dict, probe: VideoProbe) -> None:
 def _crops_part(row: dict, rel: Release, crops) -> None:
     if crops is None:
         where = f"no folder {rel.crops / row['subject']}" if rel.crops else "the release has no crop folder"
-        row["errors"].append(f"no crops at all: {where}")
+        _media_problem(row, f"no crops at all: {where}", "visual")
+        if row["n_frames"]:  # every frame of the axis is a frame without a face
+            row.update(crops_present=0, crops_beyond=0, missing_crop_runs=[[0, row["n_frames"]]])
         return
     if not isinstance(crops, CropListing):
-        row["errors"].append(f"crop folder unreadable: {crops}")
+        _media_problem(row, f"crop folder unreadable: {crops}", "visual")
         return
     row["crop_dir"] = str(rel.crops / row["subject"])
     row["crop_size"] = list(crops.size) if crops.size else None
@@ -373,9 +387,21 @@ def _crops_part(row: dict, rel: Release, crops) -> None:
             f"{len(beyond)} crop file(s) past the frame axis of {n} frames (up to {int(beyond[-1]) + 1:05d}.jpg)"
         )
     if not len(inside):
-        row["errors"].append(
-            f"no crops at all within the {n} frames ({len(crops.frames)} file(s) in {row['crop_dir']})"
+        _media_problem(
+            row,
+            f"no crops at all within the {n} frames ({len(crops.frames)} file(s) in {row['crop_dir']})",
+            "visual",
         )
+
+
+def _media_problem(row: dict, what: str, kind: str) -> None:
+    """A missing video or crop folder: a train/val subject cannot be learned from, so it is unusable.
+    A test subject must be predicted whatever is missing (the submission needs every frame of every
+    listed video), so it stays usable and is predicted from the other modality."""
+    if row["split"] != "test":
+        row["errors"].append(what)
+    else:
+        row["odd"].append(f"{what}; test subject predicted anyway: {kind} features are zeros (mask False)")
 
 
 def _name_fps_check(stem: str, probe: VideoProbe, row: dict) -> list[str]:

@@ -21,6 +21,14 @@ class ReleaseError(ValueError):
     """A release file (test list, sample file) that cannot be read; the message names file and line."""
 
 
+def crop_name(frame: int) -> str:
+    """File name of the crop of 0-based frame ``frame``: the release's ``%05d.jpg`` of the 1-based number.
+
+    The one spelling every stage uses: the index counts these names, extraction reads them, the
+    submission writes them. A crop saved under another spelling (``1.jpg``) is never read."""
+    return f"{frame + 1:05d}.jpg"
+
+
 def source_video(subject: str) -> str:
     """The raw video of a subject: ``X_left``/``X_right`` share video ``X``; other names are unchanged."""
     for side in _SIDES:

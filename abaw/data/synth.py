@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from abaw.data import synth_media as media
+from abaw.data.release import crop_name
 from abaw.data.synth_plan import AUDIO_NOISE, AUDIO_SILENT, VideoPlan, plan_release
 from abaw.data.synth_signal import VOICE_RATE, fft_friendly_length, resample_exact, synth_voice
 from abaw.utils import atomic_write_json, file_lock
@@ -147,7 +148,7 @@ def _make_video(plan: VideoPlan, root: str) -> dict:
                 frame[:, y : y + media.CROP, x : x + media.CROP] = faces
                 for i in range(b0, min(b1, n_axes[k])):
                     if presents[k][i]:
-                        (crop_dirs[k] / f"{i + 1:05d}.jpg").write_bytes(media.jpeg_bytes(faces[i - b0]))
+                        (crop_dirs[k] / crop_name(i)).write_bytes(media.jpeg_bytes(faces[i - b0]))
             yield from frame
 
     audio = _make_audio(plan, times)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -152,23 +151,18 @@ def _in_shard(names: list[str], shard: tuple[int, int] | None) -> set[str]:
 
 def crop_presence(crop_dir: Path | None, n_frames: int) -> tuple[np.ndarray, int]:
     """(bool [n_frames]: which frames have a crop file, count of ``<digits>.jpg`` names that are not the
-    5-digit form ``%05d.jpg`` and so are not read). Crops beyond the frame axis are ignored."""
-    from abaw.features.visual import crop_name
+    5-digit form ``%05d.jpg`` and so are not read). Crops beyond the frame axis are ignored.
+
+    The index's own listing (``abaw.data.index.list_crops``), so that the frames the index counts as
+    having a face are exactly the frames read here."""
+    from abaw.data.index import list_crops
 
     present = np.zeros(n_frames, bool)
-    odd = 0
     if crop_dir is None or not crop_dir.is_dir():
-        return present, odd
-    with os.scandir(crop_dir) as it:
-        for entry in it:
-            stem = entry.name[:-4]
-            if entry.name.endswith(".jpg") and stem.isdigit() and int(stem) > 0:
-                k = int(stem) - 1
-                if crop_name(k) != entry.name:
-                    odd += 1
-                elif k < n_frames:
-                    present[k] = True
-    return present, odd
+        return present, 0
+    listing = list_crops(crop_dir)
+    present[listing.frames[listing.frames < n_frames]] = True
+    return present, listing.misnamed
 
 
 # ---- cache bookkeeping --------------------------------------------------------------------------
@@ -406,7 +400,12 @@ def _extract_audio(
                     j.subject: (np.zeros((j.n_frames, ext.dim), np.float32), np.zeros(j.n_frames, bool))
                     for j in group
                 }
-                where = f"raw video {video_path} not found" if video_path else "no raw video in the index"
+                if video_path is None:
+                    where = "no raw video in the index"
+                elif not video_path.is_file():
+                    where = f"raw video {video_path} not found"
+                else:  # the index could not probe it (see `abaw data`), so there is no frame clock
+                    where = f"no frame timestamps in the index for {video_path} (unreadable video?)"
                 report.warnings += [
                     f"{j.subject}: {where}; audio features are zeros, mask all False" for j in group
                 ]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from abaw.data.release import crop_name
 from abaw.features.config import VisualBackboneConfig
 from abaw.features.registry import RANDOM_INIT_SEED, VisualSpec, WeightsError, resolve_visual
 
@@ -31,11 +32,6 @@ _CV2_INTERP = {
     "lanczos": cv2.INTER_LANCZOS4,
     "area": cv2.INTER_AREA,
 }
-
-
-def crop_name(frame: int) -> str:
-    """File name of the crop of 0-based frame ``frame`` (crops are numbered from 1)."""
-    return f"{frame + 1:05d}.jpg"
 
 
 def build_transform(spec: VisualSpec):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEDULERS = ("cosine", "none")
+FEATURE_NORMS = ("subject", "none")
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true")
 
 
@@ -24,6 +25,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.01
     grad_clip: float = 1.0  # max global gradient norm; 0 = off
     loss_mse: float = 0.0  # weight of MSE mixed into 1 - CCC
+    feature_norm: str = "subject"  # subject: z-score every feature dim over each video's frames | none
     mask_missing_face: bool = False  # also drop frames without a face crop from loss/metric
     folds: int = 0  # 0 = official train/validation split; K>1 = K folds over train+val by source video
     fold: int = 0
@@ -60,6 +62,8 @@ class TrainConfig:
             raise ValueError(f"train.fold must be in [0, {self.folds}), got {self.fold}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"train.scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"train.feature_norm must be one of {FEATURE_NORMS}, got {self.feature_norm!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.batch_size < 1 or self.max_epochs < 1 or self.lr <= 0:

@@ -28,6 +28,9 @@ from abaw.training.windows import window_starts
 
 log = logging.getLogger(__name__)
 
+# Per-window standardisation statistics carried in a batch ([B, D] each), applied on the device.
+NORM_KEYS = ("audio_mean", "audio_scale", "visual_mean", "visual_scale")
+
 
 def make_windows(subjects: Sequence[SubjectData], window: int, hop: int) -> np.ndarray:
     """int64[M, 3] rows (subject position, start, stop); window <= 0 means one window per subject."""
@@ -58,6 +61,9 @@ class WindowDataset(Dataset):
         s = self.subjects[k]
         item = s.read(start, stop, self.mask_missing_face)
         item.update(subject=s.name, start=start, n_frames=s.n_frames)
+        if s.norm is not None:
+            for kind in ("audio", "visual"):
+                item[f"{kind}_mean"], item[f"{kind}_scale"] = s.norm[kind]
         return item
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
@@ -77,13 +83,19 @@ class WindowDataset(Dataset):
             item = s.read(start, stop, self.mask_missing_face, audio[j, :n], visual[j, :n])
             gold[j, :n], mask[j, :n] = item["gold"], item["mask"]
             names.append(s.name)
-        return {
+        batch = {
             "audio": torch.from_numpy(audio), "visual": torch.from_numpy(visual),
             "gold": torch.from_numpy(gold), "mask": torch.from_numpy(mask), "pad": torch.from_numpy(pad),
             "subject": names,
             "start": torch.from_numpy(rows[:, 1].copy()),
             "n_frames": torch.tensor([self.subjects[k].n_frames for k in rows[:, 0].tolist()], dtype=torch.long),
         }
+        if first.norm is not None:
+            for kind in ("audio", "visual"):
+                for i, key in enumerate(("mean", "scale")):
+                    batch[f"{kind}_{key}"] = torch.from_numpy(
+                        np.stack([self.subjects[k].norm[kind][i] for k in rows[:, 0].tolist()]))
+        return batch
 
 
 def collate_windows(items: list[dict] | dict) -> dict:
@@ -106,7 +118,7 @@ def collate_windows(items: list[dict] | dict) -> dict:
     pad = np.zeros((b, length), dtype=bool)
     for j, it in enumerate(items):
         pad[j, : len(it["audio"])] = True
-    return {
+    batch = {
         "audio": stack("audio"),
         "visual": stack("visual"),
         "gold": stack("gold"),
@@ -116,6 +128,10 @@ def collate_windows(items: list[dict] | dict) -> dict:
         "start": torch.tensor([it["start"] for it in items], dtype=torch.long),
         "n_frames": torch.tensor([it["n_frames"] for it in items], dtype=torch.long),
     }
+    for key in NORM_KEYS:
+        if key in items[0]:
+            batch[key] = torch.from_numpy(np.stack([it[key] for it in items]))
+    return batch
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -167,6 +183,7 @@ class SubjectSource:
         self.table = table
         self.audio_cache, self.visual_cache = audio_cache, visual_cache
         self.audio_shift_s = cfg.train.audio_shift_s if audio_shift_s is None else audio_shift_s
+        self.feature_norm = cfg.train.feature_norm
         self.rows = {r["subject"]: r for r in table.iter_rows(named=True)}
 
     def feature_dirs(self) -> dict[str, str]:
@@ -200,6 +217,8 @@ class SubjectSource:
                     raise ValueError(f"train.audio_shift_s needs frame_times for {name!r} in the index "
                                      f"(got {None if times is None else len(times)} for {s.n_frames} frames)")
                 s.audio_index = shift_index(np.asarray(times), self.audio_shift_s)
+            if self.feature_norm == "subject":
+                s.standardise()
             out.append(s)
         return out
 

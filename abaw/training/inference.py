@@ -15,16 +15,32 @@ from abaw.training.windows import Stitcher, frame_gates
 GATE_PREFIX = "gate:"
 
 
+def model_inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(audio, visual) as the model sees them: the cached features, standardised per subject when the
+    batch carries statistics (``train.feature_norm=subject``). Done here, on the batch's device, so the
+    loader ships the cache's float16 untouched."""
+    out = []
+    for kind in ("audio", "visual"):
+        x = batch[kind]
+        mean = batch.get(f"{kind}_mean")
+        if mean is not None:
+            x = (x.float() - mean.unsqueeze(1)) / batch[f"{kind}_scale"].unsqueeze(1)
+        out.append(x)
+    return out[0], out[1]
+
+
 def forward_batch(model: torch.nn.Module, batch: dict):
     """The model's output for a collated batch (inputs already on the model's device)."""
-    return model(batch["audio"], batch["visual"], batch["pad"])
+    audio, visual = model_inputs(batch)
+    return model(audio, visual, batch["pad"])
 
 
-def stitch_batch(stitcher: Stitcher, batch: dict, out) -> None:
-    """Add one batch of window outputs (predictions, per-frame gates, gold, masks) to ``stitcher``."""
+def stitch_batch(stitcher: Stitcher, batch: dict, out, with_gates: bool = True) -> None:
+    """Add one batch of window outputs (predictions, per-frame gates unless ``with_gates`` is off,
+    gold, masks) to ``stitcher``."""
     pred = out.pred.detach().float().cpu().numpy()
     b, length = pred.shape[:2]
-    gates = frame_gates(getattr(out, "gates", None) or {}, b, length)
+    gates = frame_gates(getattr(out, "gates", None) or {}, b, length) if with_gates else {}
     gold = batch["gold"].cpu().numpy()
     mask = batch["mask"].cpu().numpy()
     starts = batch["start"].tolist()

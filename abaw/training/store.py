@@ -74,6 +74,17 @@ class RowReader:
                           "is the feature file truncated?")
         return out
 
+    def moments(self, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        """Per-dimension mean and standard deviation over all rows (float64 sums, read in chunks)."""
+        n, d = self.shape
+        s1, s2 = np.zeros(d), np.zeros(d)
+        for a in range(0, n, chunk):
+            x = self.read(a, min(n, a + chunk)).astype(np.float64)
+            s1 += x.sum(0)
+            s2 += np.square(x).sum(0)
+        mean = s1 / max(n, 1)
+        return mean, np.sqrt(np.maximum(s2 / max(n, 1) - mean**2, 0.0))
+
     def read_index(self, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Rows at a non-decreasing index array (the audio shift map), read as one contiguous span."""
         if len(index) == 0:
@@ -96,11 +107,30 @@ class SubjectData:
     gold: np.ndarray | None = None  # float32[N, 2] (valence, arousal), 0 where not annotated; None: no labels
     valid: np.ndarray | None = None  # bool[N]: both labels annotated (not -5)
     audio_index: np.ndarray | None = None  # int64[N]: audio row read for each frame (time shift)
+    # Per-subject standardisation (train.feature_norm=subject): {"audio"|"visual": (mean[D], scale[D])}.
+    norm: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+
+    def standardise(self) -> None:
+        """Standardise each feature dimension over this subject's frames (z-score per video).
+
+        The backbone features of one face carry its identity (skin tone, lighting) as a large constant
+        offset; with a few dozen training subjects a network learns those offsets instead of the
+        expression. Per-video statistics use only the video's own features (no labels), so the same is
+        done to validation and test subjects. Scales are floored at a tenth of the median scale, so a
+        nearly constant dimension is not blown up into noise."""
+        self.norm = {}
+        for kind, reader in (("audio", self.audio), ("visual", self.visual)):
+            mean, std = reader.moments()
+            floor = 0.1 * float(np.median(std)) if std.size else 0.0
+            scale = np.maximum(std, max(floor, 1e-6))
+            self.norm[kind] = (mean.astype(np.float32), scale.astype(np.float32))
 
     def read(self, start: int, stop: int, mask_missing_face: bool = False,
              audio_out: np.ndarray | None = None, visual_out: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Frames ``[start, stop)``: features (into the given buffers, if any), gold and the loss/metric
-        mask (annotated frames, optionally only those with a face)."""
+        """Frames ``[start, stop)``: raw features (into the given buffers, if any), gold and the
+        loss/metric mask (annotated frames, optionally only those with a face). Standardisation
+        (``norm``) is applied on the model's device by ``abaw.training.inference.model_inputs``: done
+        here it would cost the loader a float32 round trip per value."""
         stop = min(stop, self.n_frames)
         visual = self.visual.read(start, stop, visual_out)
         if self.audio_index is None:
