@@ -12,10 +12,11 @@ STAMP := $(VENV)/.installed
 DATA ?=
 CONFIG ?= $(if $(DATA),configs/default.yaml,configs/demo.yaml)
 ARGS ?=
+K ?= 5
 COMMON := -c $(CONFIG) $(if $(DATA),--data $(DATA),)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data features train tune submit demo test lint bench clean-demo
+.PHONY: help install data features train folds predict tune submit demo test lint bench clean-demo
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,6 +37,12 @@ features: data ## extract cached visual and audio features
 
 train: features ## train the configured fusion model
 	$(ABAW) train $(COMMON) $(ARGS)
+
+folds: features ## train K folds over train+val by source video (K=5), for an ensemble
+	for f in $$(seq 0 $$(($(K)-1))); do $(ABAW) train $(COMMON) train.folds=$(K) train.fold=$$f $(ARGS) || exit 1; done
+
+predict: train ## predict a split with the configured run (ARGS="--runs DIR... --split val")
+	$(ABAW) predict $(COMMON) $(ARGS)
 
 tune: features ## run (or continue) the Optuna study; report with ARGS=--report
 	$(ABAW) tune $(COMMON) $(ARGS)

@@ -96,7 +96,18 @@ def seed_everything(seed: int) -> None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB (ru_maxrss is KiB on Linux)."""
+    """Peak resident memory of this process in MiB.
+
+    Reads VmHWM from /proc: ``ru_maxrss`` is inherited across fork/exec, so a child started from a big
+    parent would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -372,3 +372,14 @@ def test_audio_alignment_matters(synth_features):
         ccc_a[shift] = p_va(np.concatenate([preds[n] for n in names]), gold, mask)["ccc_a"]
     assert ccc_a[0.0] > 0.15, ccc_a  # learnt something to lose
     assert ccc_a[0.0] - max(ccc_a[-0.5], ccc_a[0.5]) > 0.05, ccc_a
+
+
+def test_run_names_mark_folds_and_sanity_controls():
+    from abaw.training.train import run_name
+
+    cfg = load_config("configs/test.yaml")
+    assert run_name(cfg) == "grjca_hier-official"
+    assert run_name(with_overrides(cfg, ["train.folds=5", "train.fold=3", "model.variant=rjca"])) == "rjca-fold3"
+    assert run_name(with_overrides(cfg, ["train.shuffle_labels=true"])) == "grjca_hier-official-shuffled-labels"
+    assert run_name(with_overrides(cfg, ["train.audio_shift_s=0.5"])) == "grjca_hier-official-audio-shift+0.5s"
+    assert run_name(with_overrides(cfg, ["train.name=mine", "train.shuffle_labels=true"])) == "mine"

@@ -8,6 +8,8 @@ count, with a warning in the output and the metadata. Videos follow the release 
 
 from __future__ import annotations
 
+import json
+
 import argparse
 import logging
 import time
@@ -61,6 +63,15 @@ def _run_variant(run: Path) -> str | None:
         return None
 
 
+def _is_control_run(run: Path) -> bool:
+    """Sanity-control runs (shuffled labels, shifted audio) must never be submitted by default."""
+    try:
+        controls = json.loads((run / "summary.json").read_text()).get("controls", {})
+    except (OSError, ValueError):
+        return False
+    return bool(controls.get("shuffle_labels")) or bool(controls.get("audio_shift_s"))
+
+
 def find_runs(cfg: Config, runs: list[str] | None = None) -> list[Path]:
     """The runs to ensemble: ``runs`` (or ``submit.runs``), each a folder or a name under
     ``<release_cache>/runs``; else the most recently finished run of the configured model variant."""
@@ -82,6 +93,7 @@ def find_runs(cfg: Config, runs: list[str] | None = None) -> list[Path]:
         (s.stat().st_mtime, s.parent)
         for s in base.glob("*/summary.json")
         if (s.parent / "best.ckpt").is_file() and _run_variant(s.parent) == cfg.model.variant
+        and not _is_control_run(s.parent)
     ]
     if not done:
         raise SubmissionError(f"no finished {cfg.model.variant} run under {base}: train one (`make train`) "

@@ -211,8 +211,9 @@ class SubjectSource:
             dims = d
             if labels and r.get("label_file"):
                 attach_labels(s, r["label_file"])
-            if self.audio_shift_s:
-                times = r.get("frame_times")
+            times = r.get("frame_times")
+            # A test subject without a raw video has no timestamps and all-zero audio: nothing to shift.
+            if self.audio_shift_s and (labels or times is not None):
                 if times is None or len(times) != s.n_frames:
                     raise ValueError(f"train.audio_shift_s needs frame_times for {name!r} in the index "
                                      f"(got {None if times is None else len(times)} for {s.n_frames} frames)")

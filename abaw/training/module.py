@@ -62,10 +62,8 @@ class FusionModule(pl.LightningModule):
     def loss(self, pred: torch.Tensor, gold: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         from abaw.metrics.loss import ccc_loss
 
-        # The CCC needs a variance: with fewer than two annotated frames in the batch there is no
-        # signal, so the step contributes a zero (connected to the graph, so DDP ranks stay in step).
-        if int(mask.sum()) < 2:
-            return pred.sum() * 0.0
+        # A batch with no annotated frame gives ccc_loss's graph-connected zero (DDP ranks stay in
+        # step) without a host sync to find out.
         pred = pred.float()
         loss = ccc_loss(pred, gold, mask)
         if self.tc.loss_mse:
@@ -76,8 +74,9 @@ class FusionModule(pl.LightningModule):
         out = forward_batch(self.model, batch)
         loss = self.loss(out.pred, batch["gold"], batch["mask"])
         b = batch["audio"].shape[0]
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=b)
-        self._train_sum += float(loss.detach()) * b
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=b, sync_dist=True)
+        # Summed on the device: a float() here would stall the GPU once per step.
+        self._train_sum = self._train_sum + loss.detach() * b
         self._train_n += b
         return loss
 
@@ -129,7 +128,7 @@ class FusionModule(pl.LightningModule):
             # few scalars per epoch) and keeps Lightning's DDP logging checks quiet.
             self.log(k, v, prog_bar=k in ("val/p_va", "val/p_va_best"), sync_dist=True)
         row = {"epoch": self.current_epoch, "step": self.global_step,
-               "train/loss": self._train_sum / self._train_n if self._train_n else float("nan"),
+               "train/loss": float(self._train_sum) / self._train_n if self._train_n else float("nan"),
                "lr": self._current_lr(), **metrics}
         self.history.append(row)
 

@@ -40,10 +40,17 @@ CHECKPOINTS = ("best.ckpt", "last.ckpt")
 
 
 def run_name(cfg: Config) -> str:
-    if cfg.train.name:
-        return cfg.train.name
+    """``train.name``, else ``<variant>-fold<k>`` / ``<variant>-official``; sanity-control runs say so
+    in the name, so they are never mistaken for (or overwrite) a real run."""
     tc = cfg.train
-    return f"{cfg.model.variant}-fold{tc.fold}" if tc.folds else f"{cfg.model.variant}-official"
+    if tc.name:
+        return tc.name
+    name = f"{cfg.model.variant}-fold{tc.fold}" if tc.folds else f"{cfg.model.variant}-official"
+    if tc.shuffle_labels:
+        name += "-shuffled-labels"
+    if tc.audio_shift_s:
+        name += f"-audio-shift{tc.audio_shift_s:+g}s"
+    return name
 
 
 def run_dir(cfg: Config) -> Path:
