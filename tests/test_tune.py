@@ -119,6 +119,8 @@ def test_two_workers_share_one_sqlite_study(tune_cfg):
     # No trial ran twice: each has its own run folder, and both workers took part.
     assert len({t.user_attrs["run_dir"] for t in trials}) == 4
     assert len({t.user_attrs["worker_pid"] for t in trials}) == 2
+    # Each worker samples its own stream: no two trials propose the same parameters.
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
     # Running again continues the same study: it already holds n_trials, so nothing is added.
     assert len(run_study(cfg).get_trials(deepcopy=False)) == 4
     # The exported best config trains as it is (only the release and cache locations are given).

@@ -8,9 +8,8 @@ count, with a warning in the output and the metadata. Videos follow the release 
 
 from __future__ import annotations
 
-import json
-
 import argparse
+import json
 import logging
 import time
 from dataclasses import dataclass, field

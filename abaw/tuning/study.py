@@ -54,8 +54,9 @@ def make_storage(cfg: Config) -> optuna.storages.BaseStorage:
     )
 
 
-def make_sampler(cfg: Config) -> optuna.samplers.BaseSampler:
-    seed = cfg.tune.seed if cfg.tune.seed >= 0 else cfg.seed
+def make_sampler(cfg: Config, worker: int = 0) -> optuna.samplers.BaseSampler:
+    # Each worker needs its own stream: workers with one seed would propose identical trials.
+    seed = (cfg.tune.seed if cfg.tune.seed >= 0 else cfg.seed) + 1000 * worker
     if cfg.tune.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, cfg.tune.n_trials))
@@ -72,7 +73,7 @@ def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(cfg: Config) -> optuna.Study:
+def open_study(cfg: Config, worker: int = 0) -> optuna.Study:
     url = storage_url(cfg)
     # Two processes creating a fresh SQLite schema at once collide ("table trials already exists"):
     # serialise the creation on this machine.
@@ -82,7 +83,7 @@ def open_study(cfg: Config) -> optuna.Study:
         return optuna.create_study(
             study_name=cfg.tune.study,
             storage=make_storage(cfg),
-            sampler=make_sampler(cfg),
+            sampler=make_sampler(cfg, worker),
             pruner=make_pruner(cfg),
             direction="maximize",
             load_if_exists=True,
@@ -172,24 +173,35 @@ def _free_accelerator_memory() -> None:
         pass
 
 
-def _worker(cfg_dict: dict, n_threads: int, quota: int) -> None:
+def _worker(cfg_dict: dict, n_threads: int, quota: int, worker: int) -> None:
     """One worker process: run ``quota`` trials of the shared study."""
+    import threading
+
     import torch
 
+    parent = os.getppid()
+
+    def exit_with_parent() -> None:
+        # A killed `abaw tune` must not leave workers training on: their trials are failed on restart.
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
     torch.set_num_threads(max(1, n_threads))
     cfg = with_overrides(load_config(), cfg_dict)
-    optimize(cfg, quota)
+    optimize(cfg, quota, worker)
 
 
 def remaining_trials(cfg: Config, study: optuna.Study) -> int:
     return max(0, cfg.tune.n_trials - finished_count(study))
 
 
-def optimize(cfg: Config, quota: int | None = None) -> optuna.Study:
+def optimize(cfg: Config, quota: int | None = None, worker: int = 0) -> optuna.Study:
     """Run up to ``quota`` trials (default: what the study lacks of ``n_trials``) in this process."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(cfg.tune.space, cfg)
-    study = open_study(cfg)
+    study = open_study(cfg, worker)
     if quota is None:
         fail_dead_trials(study)
         quota = remaining_trials(cfg, study)
@@ -222,7 +234,7 @@ def run_study(cfg: Config) -> optuna.Study:
         ctx = mp.get_context("spawn")
         threads = max(1, (os.cpu_count() or 1) // workers)
         quotas = [remaining // workers + (k < remaining % workers) for k in range(workers)]
-        procs = [ctx.Process(target=_worker, args=(to_dict(cfg), threads, q)) for q in quotas]
+        procs = [ctx.Process(target=_worker, args=(to_dict(cfg), threads, q, k)) for k, q in enumerate(quotas)]
         for p in procs:
             p.start()
             time.sleep(0.5)  # stagger the first sampler calls
