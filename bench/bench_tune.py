@@ -9,8 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
-N_TRIALS = 10
-MAX_EPOCHS = 6
+N_TRIALS = 8
+MAX_EPOCHS = 5
 
 
 def _study(cfg, pruner: str, tmp: Path):
