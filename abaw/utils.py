@@ -1,4 +1,4 @@
-"""Small helpers every stage shares: atomic writes, a file lock, digests, seeding, peak memory."""
+"""Small helpers every stage shares: atomic writes, a file lock, digests, peak memory, code version."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import fcntl
 import hashlib
 import json
 import os
-import random
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,21 +77,6 @@ def file_digest(path: str | os.PathLike, n: int = 16) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:n]
-
-
-def seed_everything(seed: int) -> None:
-    """One place that seeds Python, NumPy and torch (torch only if already imported or importable)."""
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    os.environ["PYTHONHASHSEED"] = str(seed)
-    try:
-        import torch
-
-        torch.manual_seed(seed)
-    except ImportError:  # pragma: no cover - torch is a hard dependency, but utils must not need it
-        pass
 
 
 def peak_rss_mb() -> float:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from abaw.utils import peak_rss_mb  # VmHWM: a child's own peak, not its parent's
+
 D_AUDIO, D_VISUAL = 192, 512
 ROUNDS, STEPS = 4, 6
 
@@ -151,20 +153,6 @@ def overhead(root: Path) -> None:
 
 
 # ---- 2. memory against cache size ------------------------------------------------------------------
-def peak_rss_mb() -> float:
-    """High-water RSS of this process image. VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork
-    and exec, so a child started from a big parent would report the parent's peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    from abaw.utils import peak_rss_mb as ru_maxrss_mb
-
-    return ru_maxrss_mb()
-
-
 def _child(root: str, mode: str) -> None:
     """Runs in a fresh interpreter; prints one JSON line with peak RSS."""
     root_p = Path(root)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from abaw.config import Config, ConfigError, load_yaml, resolve_config_path, to_dict, with_overrides
+from abaw.config import Config, ConfigError, load_yaml, resolve_config_path, with_overrides
 
 
 @dataclass
@@ -96,18 +96,3 @@ def load_space(path: str | Path, cfg: Config) -> SearchSpace:
     except (ConfigError, ValueError, TypeError) as e:
         raise ConfigError(f"{p}: the space does not fit the run config: {e}") from e
     return space
-
-
-def flat_config(cfg: Config) -> dict[str, Any]:
-    """``{"train.lr": 3e-4, ...}`` for reports."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            out[prefix] = node
-
-    walk("", to_dict(cfg))
-    return out
