@@ -12,7 +12,7 @@ import sys
 
 # command -> (module, function, help). The function takes (cfg, args) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "synth": ("abaw.data.synth", "cli_synth", "write a synthetic release in the Aff-Wild2 layout"),
+    "synth": ("abaw.synth.generate", "cli_synth", "write a synthetic release in the Aff-Wild2 layout"),
     "data": ("abaw.data.index", "cli_data", "index a release and print its summary and traps"),
     "features": ("abaw.features.extract", "cli_features", "extract cached visual and audio features"),
     "train": ("abaw.training.train", "cli_train", "train a fusion model on cached features"),

@@ -19,11 +19,12 @@ from typing import Any
 
 import yaml
 
-from abaw.data.config import DataConfig, SynthConfig
+from abaw.data.config import DataConfig
 from abaw.features.config import FeaturesConfig
 from abaw.metrics.config import PostprocessConfig
 from abaw.models.config import ModelConfig
 from abaw.submit.config import SubmitConfig
+from abaw.synth.config import SynthConfig
 from abaw.training.config import TrainConfig
 from abaw.tuning.config import TuneConfig
 

@@ -20,7 +20,7 @@ REPEATS = 5
 def _videos() -> list[Path]:
     from abaw.config import load_config
     from abaw.data.release import discover
-    from abaw.data.synth import generate
+    from abaw.synth.generate import generate
 
     cfg = load_config("demo")
     # The demo release lives where `make data` puts it; generate() returns at once when it is there.

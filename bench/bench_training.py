@@ -9,7 +9,7 @@
    contrast, a child that reads the same 10x windows by slicing memmaps. Target: ratio near 1.
 
 The releases have the subjects, splits and frame counts of the synthetic release at scale 1 and 10
-(``abaw.data.synth.plan_release``), but the features are random float16 written in the FeatureCache
+(``abaw.synth.generate.plan_release``), but the features are random float16 written in the FeatureCache
 layout with the real widths (ResNet-18 512-d, log-mel 192-d) and the labels are random tracks in the
 official format: extracting features for a 10x release would take hours on a CPU, and neither figure
 depends on feature values.
@@ -42,7 +42,7 @@ def write_release(root: Path, scale: float, seed: int = 0) -> Path:
     """Labels, both caches and index.parquet for the synthetic plan at ``scale``; returns the index."""
     import polars as pl
 
-    from abaw.data.synth import plan_release
+    from abaw.synth.generate import plan_release
 
     videos, _ = plan_release(seed, scale)
     rng = np.random.default_rng(seed)

@@ -35,8 +35,8 @@ def main() -> None:
     import torch
 
     from abaw.config import load_config
-    from abaw.data.synth import generate
     from abaw.features.extract import extract_features
+    from abaw.synth.generate import generate
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as d:

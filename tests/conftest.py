@@ -21,7 +21,7 @@ TINY_SCALE = 0.25  # a handful of short subjects; every planted trap is still pr
 @pytest.fixture(scope="session")
 def synth_release(tmp_path_factory):
     """Path of a tiny synthetic release (generated once per session)."""
-    from abaw.data.synth import generate
+    from abaw.synth.generate import generate
 
     root = tmp_path_factory.mktemp("release") / "affwild2_synth"
     generate(root, seed=0, scale=TINY_SCALE)

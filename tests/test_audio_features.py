@@ -585,7 +585,7 @@ def test_logmel_energy_tracks_arousal_on_the_synthetic_release(synth_release):
 
     from abaw.data.annotations import read_annotations
     from abaw.data.probe import probe_video
-    from abaw.data.synth import ANNOTATIONS, SPLIT_DIRS
+    from abaw.synth.generate import ANNOTATIONS, SPLIT_DIRS
 
     meta = json.loads((synth_release / "ground_truth" / "traps.json").read_text())
     ex = AudioExtractor(cfg())

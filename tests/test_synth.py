@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from abaw.data import synth, synth_plan
-from abaw.data.synth_media import decode_audio, decode_frames
+from abaw.synth import generate as synth
+from abaw.synth import plan as synth_plan
+from abaw.synth.media import decode_audio, decode_frames
 
 TRAP_KINDS = {
     "low_fps", "wrong_fps_in_name", "variable_frame_rate", "stream_start_offset", "left_right",

@@ -1,4 +1,4 @@
-"""Settings of the release reader (where things are) and of the synthetic release generator."""
+"""Settings of the release reader (where things are)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,3 @@ class DataConfig:
     # hidden test labels in ground_truth/; the pipeline must not see them).
     exclude_dirs: list[str] = field(default_factory=lambda: ["ground_truth"])
     probe_workers: int = 0  # threads probing videos and listing crops while indexing; 0 = automatic
-
-
-@dataclass
-class SynthConfig:
-    seed: int = 0
-    scale: float = 1.0  # multiplies subject count and lengths (benchmarks use 10-100)

@@ -13,8 +13,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from abaw.data import synth_media as media
-from abaw.data.synth_signal import Emotion, Voice
+from abaw.synth import media
+from abaw.synth.signal import Emotion, Voice
 
 MP4_TIME_BASE = Fraction(1, 90000)
 AUDIO_SILENT, AUDIO_NOISE = 1, 2  # audio_uninformative modes: the voice stops, or noise drowns it

@@ -5,9 +5,9 @@ crops, raw .mp4/.avi videos in batch folders, the test list and the sample predi
 ``out/ground_truth/`` (test labels and ``traps.json``), which the pipeline reads only to score.
 
 The signal: each subject's valence and arousal are smooth functions of container time
-(:mod:`abaw.data.synth_signal`). Valence is drawn in the face (mouth curve and opening, brow tilt,
+(:mod:`abaw.synth.signal`). Valence is drawn in the face (mouth curve and opening, brow tilt,
 skin flush), arousal is heard in the voice (level, pitch, brightness). The plan (who, what, which trap
-where) is :mod:`abaw.data.synth_plan`; the pictures and containers are :mod:`abaw.data.synth_media`. Labels are sampled at the frames' presentation
+where) is :mod:`abaw.synth.plan`; the pictures and containers are :mod:`abaw.synth.media`. Labels are sampled at the frames' presentation
 timestamps as PyAV reads them back, so a pipeline that aligns by the container's timestamps recovers
 both, and one that trusts names, nominal fps or row indices pays for it.
 """
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from abaw.data import synth_media as media
 from abaw.data.release import crop_name
-from abaw.data.synth_plan import AUDIO_NOISE, AUDIO_SILENT, VideoPlan, plan_release
-from abaw.data.synth_signal import VOICE_RATE, fft_friendly_length, resample_exact, synth_voice
+from abaw.synth import media
+from abaw.synth.plan import AUDIO_NOISE, AUDIO_SILENT, VideoPlan, plan_release
+from abaw.synth.signal import VOICE_RATE, fft_friendly_length, resample_exact, synth_voice
 from abaw.utils import atomic_write_json, file_lock
 
 log = logging.getLogger(__name__)
