@@ -5,7 +5,7 @@
   measured back to back (forward, extraction, forward again) so load on the shared machine hits both.
 - memory: peak RSS of a fresh process extracting one 20,000-frame subject / one 1,000-frame subject.
 - audio: seconds of compute per second of audio (real-time factor) for each audio preset, random
-  weights, timed by ``abaw.features.audio.bench_audio_rtf``.
+  weights, timed by ``bench.audio_rtf.bench_audio_rtf``.
 
 Run: ``.venv/bin/python -m bench features`` (BENCH_FRAMES=N sets the visual frame count).
 """
@@ -178,12 +178,13 @@ def audio_rtf(seconds: float = 20.0) -> dict:
     """Per audio preset: the audio module's own timing of ``embed_video`` (decode included) on an MP4."""
     try:
         from abaw.features import audio
+        from bench.audio_rtf import bench_audio_rtf
     except ImportError as e:
         return {"skipped": f"abaw.features.audio not importable ({e})"}
     out = {}
     for name in audio.AUDIO_PRESETS:
         try:
-            out.update(audio.bench_audio_rtf(presets=(name,), seconds=seconds, contexts=("track",)))
+            out.update(bench_audio_rtf(presets=(name,), seconds=seconds, contexts=("track",)))
         except Exception as e:  # a preset that cannot run here is reported, not fatal to the others
             out[name] = {"error": f"{type(e).__name__}: {e}"}
     return out

@@ -23,7 +23,7 @@ import pytest
 from abaw.config import load_config, with_overrides
 from abaw.features import extract as extract_mod
 from abaw.features.cache import FeatureCache, fill_sources
-from abaw.features.extract import cli_features, extract_features, feature_dir
+from abaw.features.extract import cli_features, extract_features, feature_dir, resolve_feature_dir
 from abaw.features.registry import VISUAL_PRESETS, WeightsError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -350,7 +350,8 @@ def test_changed_frame_axis_is_extracted_again(hand, tmp_path):
         pl.when(pl.col("subject") == "b").then(7).otherwise(pl.col("n_frames")).alias("n_frames")
     )
     second = extract_features(cfg, "visual", index=longer)
-    assert second.extracted == ["b"] and sorted(second.skipped) == ["a", "c", "d"]
+    # "d" has no crops at all: a fill, never a finished result, so it is redone on every run
+    assert sorted(second.extracted) == ["b", "d"] and sorted(second.skipped) == ["a", "c"]
     cache = FeatureCache(first.cache_dir)
     assert cache.load("b")[0].shape == (7, 512) and cache.manifest["subjects"]["b"] == 7 and cache.complete
 
@@ -371,9 +372,14 @@ def test_two_concurrent_writers_fill_one_cache(hand, tmp_path):
 
 
 # ---- cache keys and weights ------------------------------------------------------------------------
+def _dir(cfg, kind):
+    """The cache folder a config resolves to (backbone resolved, weights hashed), extracted or not."""
+    return resolve_feature_dir(cfg, kind)[0]
+
+
 def test_cache_key_covers_what_changes_features(tmp_path):
     base = load_config("configs/test.yaml", [f"cache_root={tmp_path}"])
-    d0 = feature_dir(base, "visual")
+    d0 = _dir(base, "visual")
     assert d0.parent == base.release_cache / "features" and d0.name.startswith("resnet18-")
     w1, w2, w1_copy = tmp_path / "w1.pth", tmp_path / "w2.pth", tmp_path / "elsewhere" / "w1.pth"
     w1.write_bytes(b"weights one")
@@ -390,10 +396,10 @@ def test_cache_key_covers_what_changes_features(tmp_path):
         f"features.visual.weights={w1}",
         f"features.visual.weights={w2}",
     ]
-    dirs = [feature_dir(with_overrides(base, [ov]), "visual") for ov in changed]
+    dirs = [_dir(with_overrides(base, [ov]), "visual") for ov in changed]
     assert len({d0, *dirs}) == len(changed) + 1
     # the weights file is identified by its content, not its path
-    assert feature_dir(with_overrides(base, [f"features.visual.weights={w1_copy}"]), "visual") == dirs[6]
+    assert _dir(with_overrides(base, [f"features.visual.weights={w1_copy}"]), "visual") == dirs[6]
     same = [
         "features.visual.batch_size=7",
         "features.visual.num_workers=5",
@@ -405,15 +411,15 @@ def test_cache_key_covers_what_changes_features(tmp_path):
         "train.lr=0.5",
     ]
     for ov in same:
-        assert feature_dir(with_overrides(base, [ov]), "visual") == d0, ov
+        assert _dir(with_overrides(base, [ov]), "visual") == d0, ov
     # audio: window, anchor and layer are part of the key, batch size is not
-    a0 = feature_dir(base, "audio")
+    a0 = _dir(base, "audio")
     assert a0.name.startswith("logmel-") and a0 != d0
     for ov in ("features.audio.window_s=0.5", "features.audio.anchor=end", "features.audio.dtype=float32"):
-        assert feature_dir(with_overrides(base, [ov]), "audio") != a0, ov
-    assert feature_dir(with_overrides(base, ["features.audio.batch_size=3"]), "audio") == a0
+        assert _dir(with_overrides(base, [ov]), "audio") != a0, ov
+    assert _dir(with_overrides(base, ["features.audio.batch_size=3"]), "audio") == a0
     w = ["features.audio.preset=wav2vec2_base", "features.audio.allow_random=true"]
-    assert feature_dir(with_overrides(base, w), "audio") != feature_dir(
+    assert _dir(with_overrides(base, w), "audio") != _dir(
         with_overrides(base, [*w, "features.audio.layer=5"]), "audio"
     )
 
@@ -424,13 +430,13 @@ def test_random_weights_refused_unless_allowed(hand, tmp_path, capsys):
     with pytest.raises(WeightsError, match=r"features\.visual\.weights=.*pretrained=true.*allow_random=true"):
         extract_features(cfg, "visual", index=table)
     with pytest.raises(WeightsError):
-        feature_dir(cfg, "visual")
+        _dir(cfg, "visual")
     assert cli_features(cfg, argparse.Namespace(shard=None, only="visual")) == 2
     assert "no weights configured" in capsys.readouterr().err
     assert not (cfg.release_cache / "features").exists()
     missing = with_overrides(cfg, [f"features.visual.weights={tmp_path / 'nope.pth'}"])
     with pytest.raises(WeightsError, match="nope.pth does not exist"):
-        feature_dir(missing, "visual")
+        _dir(missing, "visual")
 
 
 def test_pretrained_names_the_hub_weights_without_loading():

@@ -17,8 +17,9 @@ import pytest
 
 from abaw.config import load_config, with_overrides
 from abaw.data.config import DataConfig
-from abaw.data.index import SCHEMA, build_index, cli_data, load_index, summary_text
+from abaw.data.index import SCHEMA, build_index, cli_data, load_index
 from abaw.data.release import ReleaseError, discover, read_release_list, read_sample_counts, source_video
+from abaw.data.summary import summary_text
 
 
 # ---- names -------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ means the index is complete. ``load_index`` rebuilds when the fingerprint no lon
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -28,14 +29,15 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import yaml
 
 from abaw.data.annotations import AnnotationError, Annotations, false_runs, read_annotations
 from abaw.data.config import DataConfig
+from abaw.data.crops import CropListing, list_crops
 from abaw.data.probe import ProbeError, VideoProbe, probe_video
 from abaw.data.release import (
     Release,
     ReleaseError,
-    crop_name,
     discover,
     read_release_list,
     read_sample_counts,
@@ -84,7 +86,6 @@ SCHEMA: dict[str, pl.DataType] = {
 }
 
 _NAME = re.compile(r"^(?P<id>.+?)-(?P<fps>\d+(?:\.\d+)?)-(?P<w>\d+)x(?P<h>\d+)$")
-_CROP = re.compile(r"^(\d+)\.jpg$")
 
 
 @dataclass
@@ -100,56 +101,6 @@ class IndexResult:
     @property
     def usable(self) -> pl.DataFrame:
         return self.table.filter(pl.col("usable"))
-
-
-@dataclass
-class CropListing:
-    frames: np.ndarray  # sorted 0-based frame indices that have a crop file named crop_name(frame)
-    odd: list[str]
-    size: tuple[int, int] | None  # (width, height) of the first crop
-    misnamed: int = 0  # <digits>.jpg files not spelled %05d.jpg (e.g. 1.jpg): extraction never reads them
-
-
-def list_crops(folder: Path) -> CropListing:
-    """One listing of a subject's crop folder: ``00001.jpg`` is frame 0.
-
-    Only the official spelling ``crop_name(i)`` counts as frame i's crop, since that is the only name
-    feature extraction reads; counting ``1.jpg`` too would let the index promise a face the features lack.
-    Other names are reported as odd files.
-    """
-    frames, misnamed, others = [], [], []
-    with os.scandir(folder) as it:
-        for entry in it:
-            m = _CROP.match(entry.name)
-            if m and int(m.group(1)) > 0 and crop_name(int(m.group(1)) - 1) == entry.name:
-                frames.append(int(m.group(1)) - 1)
-            elif m:
-                misnamed.append(entry.name)
-            elif not entry.name.startswith("."):
-                others.append(entry.name)
-    odd = []
-    if misnamed:
-        odd.append(
-            f"{len(misnamed)} crop file(s) not named %05d.jpg (1-based), so never read: {_shown(misnamed)}"
-        )
-    if others:
-        odd.append(f"{len(others)} crop file(s) not named <frame>.jpg (1-based): {_shown(others)}")
-    arr = np.sort(np.asarray(frames, dtype=np.int64))
-    size = None
-    if len(arr):
-        first = crop_name(int(arr[0]))
-        try:
-            from PIL import Image
-
-            with Image.open(folder / first) as im:  # reads the header only
-                size = tuple(im.size)
-        except Exception as e:  # a broken crop is worth a note, not a failed index
-            odd.append(f"crop {first} unreadable: {e}")
-    return CropListing(arr, odd, size, len(misnamed))
-
-
-def _shown(names: list[str], k: int = 3) -> str:
-    return ", ".join(sorted(names)[:k]) + (", ..." if len(names) > k else "")
 
 
 def _workers(cfg: DataConfig) -> int:
@@ -176,27 +127,31 @@ def _frame_times(probe: VideoProbe, n: int) -> np.ndarray:
     return np.concatenate([t, extra])
 
 
-def _subjects(rel: Release, errors: list[str], warnings: list[str]) -> tuple[list[tuple], dict[str, int]]:
-    """(subject, split, label file) in split order, and the sample counts of the test videos."""
+def _subjects(
+    rel: Release, errors: list[str], warnings: list[str]
+) -> tuple[list[tuple], dict[str, int] | ReleaseError]:
+    """(subject, split, label file) in split order, and the sample counts of the test videos (the error
+    when the sample file exists but cannot be read)."""
     entries: list[tuple[str, str, Path | None]] = []
     for split in ("train", "val"):
         entries += [(s, split, f) for s, f in sorted(rel.label_files.get(split, {}).items())]
-    counts: dict[str, int] = {}
+    counts: dict[str, int] | ReleaseError = {}
     if rel.sample_file is not None:
         try:
             counts = read_sample_counts(rel.sample_file)
         except ReleaseError as e:
             errors.append(f"sample file unreadable: {e}")
+            counts = e  # unknown, not empty: no test subject may fall back to another frame axis
     test: list[str] = []
     if rel.test_list is not None:
         try:
             test = read_release_list(rel.test_list)
         except ReleaseError as e:
             errors.append(f"test list unreadable: {e}")
-    elif counts:
+    elif isinstance(counts, dict) and counts:
         test = list(counts)
         warnings.append(f"no test list: the test split is the {len(test)} videos of the sample file")
-    if counts and test:
+    if isinstance(counts, dict) and counts and test:
         extra = [s for s in counts if s not in set(test)]
         if extra:
             warnings.append(
@@ -279,7 +234,11 @@ def _row(subject, split, label_file, rel, results, sample_counts, videos, cfg) -
     probe = results.get(("probe", str(path)))
     _video_part(row, path, probe, cfg)
     if split == "test":
-        if subject in sample_counts:
+        if isinstance(sample_counts, ReleaseError):
+            # The frame axis of a test subject is its sample-file row count; guessing it from the video
+            # would give features (and predictions) of another length, so the subject stops here.
+            row["errors"].append(f"frame axis unknown, the sample file is unreadable: {sample_counts}")
+        elif subject in sample_counts:
             row["sample_rows"] = row["n_frames"] = sample_counts[subject]
         elif isinstance(probe, VideoProbe):
             row["n_frames"] = probe.n_frames
@@ -424,10 +383,10 @@ def _name_fps_check(stem: str, probe: VideoProbe, row: dict) -> list[str]:
 def _fingerprint(rel: Release, cfg: DataConfig) -> str:
     """Changes when the data config or any file the index read changes (size/mtime; crop folders by the
     mtime of the folder, which moves whenever a crop is added or removed)."""
-    from abaw.config import to_dict
-
     h = hashlib.sha256()
-    settings = {k: v for k, v in to_dict(cfg).items() if k != "probe_workers"}  # workers change no result
+    settings = {
+        k: v for k, v in dataclasses.asdict(cfg).items() if k != "probe_workers"
+    }  # workers change no result
     h.update(json.dumps([INDEX_VERSION, str(rel.root), settings], sort_keys=True, default=str).encode())
     paths = [rel.test_list, rel.sample_file, rel.crops, *rel.videos.values()]
     paths += [f for split in rel.label_files.values() for f in split.values()]
@@ -449,8 +408,7 @@ def _meta_path(cfg) -> Path:
 
 
 def _build(cfg, rel: Release, progress) -> IndexResult:
-    from abaw.config import save_config
-    from abaw.utils import atomic_path, atomic_write_json, code_version
+    from abaw.utils import atomic_path, atomic_write_json, atomic_write_text, code_version
 
     fingerprint = _fingerprint(rel, cfg.data)  # before reading: a file changed meanwhile forces a rebuild
     result = _index(rel, cfg.data, progress)
@@ -458,7 +416,11 @@ def _build(cfg, rel: Release, progress) -> IndexResult:
     result.built = datetime.datetime.now().isoformat(timespec="seconds")
     with atomic_path(cfg.index_path) as tmp:
         result.table.write_parquet(tmp)
-    save_config(cfg, cfg.index_path.with_name("config.yaml"))
+    # The resolved config beside the index. Written here as plain YAML of the dataclasses, so that the
+    # data layer never imports the config composer above it (the layers import downward only).
+    atomic_write_text(
+        cfg.index_path.with_name("config.yaml"), yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+    )
     meta = dict(
         version=INDEX_VERSION,
         fingerprint=fingerprint,
@@ -517,106 +479,7 @@ def _read_meta(cfg) -> dict | None:
     return meta if isinstance(meta, dict) and meta.get("version") == INDEX_VERSION else None
 
 
-# ---- summary and command line -------------------------------------------------------------------------
-_FPS_BINS = [(0, 15, "<15"), (15, 25, "15-25"), (25, 29, "25-29"), (29, 31, "29-31"), (31, 1e9, ">=31")]
-
-
-def _lines(title: str, items: list[str], indent: str = "  ") -> list[str]:
-    return [f"{title} ({len(items)}):"] + [indent + i for i in items] if items else [f"{title}: none"]
-
-
-def _runs_text(runs: list[list[int]], k: int = 4) -> str:
-    shown = " ".join(f"[{s},{e})" for s, e in runs[:k])
-    return shown + (f" ... ({len(runs)} runs)" if len(runs) > k else "")
-
-
-def summary_text(result: IndexResult) -> str:
-    """A human summary: split counts, frame rates, mismatches, audio, missing crops, odd files, errors."""
-    t = result.table
-    out = [f"Release {result.root}"]
-    if result.index_path:
-        how = "read from cache" if result.from_cache else "built"
-        out.append(f"Index {result.index_path} ({how} {result.built})")
-    out.append("")
-    out.append(f"{'split':<6}{'subjects':>9}{'usable':>8}{'frames':>11}{'labelled':>11}{'crops':>11}")
-    for split in ("train", "val", "test", None):
-        part = t if split is None else t.filter(pl.col("split") == split)
-        if split is not None and part.is_empty():
-            continue
-        frames = int(part["n_frames"].fill_null(0).sum())
-        labelled = int(part["valid_labels"].fill_null(0).sum())
-        crops = int(part["crops_present"].fill_null(0).sum())
-        labelled_text = f"{labelled:>11,}" if split != "test" else f"{'-':>11}"
-        out.append(
-            f"{split or 'all':<6}{part.height:>9}{int(part['usable'].sum()):>8}{frames:>11,}"
-            f"{labelled_text}{crops:>11,}"
-        )
-    videos = t.filter(pl.col("decoded_frames").is_not_null()).unique(
-        "video", keep="first", maintain_order=True
-    )
-    out.append("")
-    if videos.height:
-        fps = videos["fps"].to_numpy()
-        bins = "  ".join(f"{label}: {int(((fps >= lo) & (fps < hi)).sum())}" for lo, hi, label in _FPS_BINS)
-        slowest = videos.sort("fps").row(0, named=True)
-        out.append(
-            f"Raw videos probed: {videos.height} (decoded frames {int(videos['decoded_frames'].sum()):,}); "
-            f"fps median {np.median(fps):.2f}, lowest {slowest['fps']:.2f} ({slowest['video']}), "
-            f"highest {fps.max():.2f}"
-        )
-        out.append(f"  fps distribution: {bins}")
-    per_video = [
-        (r["video"], o)
-        for r in videos.iter_rows(named=True)
-        for o in r["odd"]
-        if o.startswith(("wrong fps", "variable frame rate", "video stream starts"))
-    ]
-    for key, title in (
-        ("wrong fps", "Wrong fps in file names"),
-        ("variable frame rate", "Variable frame rate"),
-        ("video stream starts", "Video stream starting after the container start"),
-    ):
-        out += _lines(title, [f"{v}: {o}" for v, o in per_video if o.startswith(key)])
-    no_audio = videos.filter(~pl.col("has_audio"))["video"].to_list()
-    out += _lines("Videos without audio", [_few(no_audio, 20)] if no_audio else [])
-    out.append("")
-    out += _lines(
-        "Count mismatches (label/sample rows vs video frames vs crop files)",
-        [f"{r['subject']}: {'; '.join(r['mismatches'])}" for r in t.iter_rows(named=True) if r["mismatches"]],
-    )
-    missing = t.filter(pl.col("missing_crop_runs").list.len() > 0)
-    total_missing = sum(sum(e - s for s, e in runs) for runs in missing["missing_crop_runs"].to_list())
-    out += _lines(
-        f"Missing crops (no face detected; {total_missing:,} frames in all)",
-        [
-            f"{r['subject']}: {sum(e - s for s, e in r['missing_crop_runs'])} of {r['n_frames']} frames: "
-            f"{_runs_text(r['missing_crop_runs'])}"
-            for r in missing.iter_rows(named=True)
-        ],
-    )
-    unl = t.filter(pl.col("unlabelled_runs").list.len() > 0)
-    out += _lines(
-        "Unannotated (-5) runs (masked out of every loss and metric)",
-        [f"{r['subject']}: {_runs_text(r['unlabelled_runs'])}" for r in unl.iter_rows(named=True)],
-    )
-    odd_keys = ("wrong fps", "variable frame rate", "video stream starts")
-    odd = [
-        f"{r['subject']}: {o}"
-        for r in t.iter_rows(named=True)
-        for o in r["odd"]
-        if not o.startswith(odd_keys)
-    ]
-    subjects = set(t["subject"])
-    release_notes = [w for w in result.warnings if w.split(": ", 1)[0] not in subjects]
-    out += _lines("Odd files and notes", release_notes + odd)
-    out.append("")
-    if result.errors:
-        out += _lines("ERRORS (these make subjects or the release unusable)", result.errors)
-    else:
-        out.append("No errors: every subject is usable.")
-    return "\n".join(out)
-
-
+# ---- command line ----------------------------------------------------------------------------------
 def cli_data(cfg, args: argparse.Namespace) -> int:
     """``abaw data``: index the release (or reuse a fresh index), print the summary; exit 1 on errors."""
 
@@ -635,6 +498,8 @@ def cli_data(cfg, args: argparse.Namespace) -> int:
     except ReleaseError as e:
         print(f"abaw data: {e}", file=sys.stderr)
         return 2
+    from abaw.data.summary import summary_text
+
     print(summary_text(result))
     print(f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return 1 if result.errors else 0

@@ -6,14 +6,19 @@ Layout of ``<release_cache>/features/<backbone>-<hash>/``::
     config.yaml            the resolved run config of the run that created it
     <subject>.mask.npy     bool [N]: True where the row holds real data, False where it was filled
     <subject>.npy          float16 [N, D]: one row per frame of the subject's frame axis
-    manifest.json          subjects, shapes, dim, settings; written last, once every subject is present
+    <subject>.inputs.json  what the subject was made from (crop listing / video size and mtime, N) and
+                           whether it is a fill (zeros because its media could not be read)
+    manifest.json          subjects, shapes, dim, settings; written when every subject is cached for
+                           its current inputs, removed as soon as that stops being true
     .locks/                per-subject and manifest locks (several processes may fill one cache)
 
 A subject counts as done only when both files exist, their headers agree on N (and on D with the rest of
-the cache) and the feature file has all its bytes. Each file is written to a ``.*.tmp`` file in the same
-folder and renamed into place (atomic); the mask first, the features last, so the presence of a valid
-feature file means the mask beside it belongs to it. A run that is killed leaves only ``.tmp`` files,
-which the next writer of that subject deletes.
+the cache) and the feature file has all its bytes; it is *settled* (skipped by the extractor) only when
+its inputs record also equals the identity of its inputs now and it is not a fill. Each file is written
+to a ``.*.tmp`` file in the same folder and renamed into place (atomic): the old inputs record is removed
+first, then the mask, the features, and the new inputs record last, so a record always describes the
+features beside it. A run that is killed leaves only ``.tmp`` files (and a subject without a record,
+which is extracted again), which the next writer of that subject deletes.
 """
 
 from __future__ import annotations
@@ -29,11 +34,13 @@ from typing import Any
 
 import numpy as np
 
+from abaw.errors import AbawError
 from abaw.utils import atomic_path, atomic_write_json, file_lock
 
 MANIFEST = "manifest.json"
 SETTINGS = "settings.json"
 _FILL_CHUNK = 4096  # rows copied per step when filling missing frames (bounded memory)
+UNSEEN = object()  # ``settled(planned=UNSEEN)``: the caller took no snapshot of the subject's record
 
 
 def fill_sources(present: np.ndarray, policy: str) -> np.ndarray:
@@ -92,7 +99,7 @@ def _complete_npy(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
         return None
 
 
-class CacheError(RuntimeError):
+class CacheError(AbawError, RuntimeError):
     """A cache folder whose contents contradict its name (settings, feature width): never written into."""
 
 
@@ -114,6 +121,9 @@ class FeatureCache:
 
     def lock_path(self, name: str) -> Path:
         return self.path / ".locks" / f"{name}.lock"
+
+    def record_path(self, subject: str) -> Path:
+        return self.path / f"{subject}.inputs.json"
 
     # ---- state ---------------------------------------------------------------------------------
     @property
@@ -153,6 +163,45 @@ class FeatureCache:
             return False
         return (n_frames is None or shape[0] == n_frames) and (dim is None or shape[1] == dim)
 
+    def record(self, subject: str) -> dict[str, Any] | None:
+        """The inputs record of a subject (``{"inputs": ..., "fill": reason}``), or None."""
+        try:
+            rec = json.loads(self.record_path(subject).read_text())
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) else None
+
+    def record_token(self, subject: str) -> tuple[int, int] | None:
+        """Changes whenever the subject's record is rewritten (each write is a rename to a new file)."""
+        try:
+            st = os.stat(self.record_path(subject))
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    def matches(self, subject: str, n_frames: int, inputs: Any, dim: int | None = None) -> bool:
+        """The subject holds features of ``n_frames`` rows made from exactly ``inputs`` (a fill included)."""
+        rec = self.record(subject)
+        return (
+            rec is not None
+            and _jsonable(rec.get("inputs")) == _jsonable(inputs)
+            and self.has(subject, n_frames, dim)
+        )
+
+    def settled(
+        self, subject: str, n_frames: int, inputs: Any, dim: int | None = None, planned=UNSEEN
+    ) -> bool:
+        """Whether the extractor must leave ``subject`` alone: it matches ``inputs`` and is a real result.
+
+        A fill (zeros for media that could not be read) is never a finished result, so it is extracted
+        again on every run; within one run, ``planned`` (the ``record_token`` seen when the run planned
+        its work) tells a fill another writer has just made (token changed: leave it) from an old one."""
+        if not self.matches(subject, n_frames, inputs, dim):
+            return False
+        if not (self.record(subject) or {}).get("fill"):
+            return True
+        return planned is not UNSEEN and self.record_token(subject) != planned
+
     def subjects(self) -> list[str]:
         """Finished subjects: the manifest's list when complete, else those found on disk."""
         manifest = self.manifest
@@ -190,22 +239,35 @@ class FeatureCache:
 
     def remove_stale_tmp(self, subject: str) -> None:
         """Delete temp files a killed writer of ``subject`` left (call only while holding its lock)."""
-        pattern = re.compile(rf"^\.{re.escape(subject)}(\.mask)?\.npy\.[A-Za-z0-9_]+\.tmp$")
+        pattern = re.compile(
+            rf"^\.{re.escape(subject)}(\.mask\.npy|\.npy|\.inputs\.json)\.[A-Za-z0-9_]+\.tmp$"
+        )
         for p in self.path.glob(f".{glob_escape(subject)}*.tmp"):
             if pattern.match(p.name):
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
 
-    def writer(self, subject: str, n_frames: int, dim: int, dtype: str) -> SubjectWriter:
-        return SubjectWriter(self, subject, n_frames, dim, dtype)
+    def writer(
+        self, subject: str, n_frames: int, dim: int, dtype: str, inputs: Any = None, fill: str = ""
+    ) -> SubjectWriter:
+        return SubjectWriter(self, subject, n_frames, dim, dtype, inputs, fill)
 
-    def write_subject(self, subject: str, feats: np.ndarray, mask: np.ndarray, dtype: str) -> bool:
+    def write_subject(
+        self,
+        subject: str,
+        feats: np.ndarray,
+        mask: np.ndarray,
+        dtype: str,
+        inputs: Any = None,
+        fill: str = "",
+        planned=UNSEEN,
+    ) -> bool:
         """Publish a whole in-memory subject (audio) under its lock; False if another writer already did."""
         with self.lock(subject):
-            if self.has(subject, len(mask), feats.shape[1]):
+            if self.settled(subject, len(mask), inputs, feats.shape[1], planned):
                 return False
             self.remove_stale_tmp(subject)
-            w = self.writer(subject, len(mask), feats.shape[1], dtype)
+            w = self.writer(subject, len(mask), feats.shape[1], dtype, inputs, fill)
             with w:
                 w.write(np.arange(len(mask)), feats)
                 w.commit(mask, None)
@@ -219,6 +281,11 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
+def _jsonable(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists), so records compare with fresh values."""
+    return json.loads(json.dumps(obj, sort_keys=True))
+
+
 class SubjectWriter:
     """Streams one subject's rows into a temp ``.npy`` (preallocated, memory-mapped) and publishes it.
 
@@ -227,8 +294,18 @@ class SubjectWriter:
     the ``with`` block without ``commit`` deletes the temp file. The caller holds the subject's lock.
     """
 
-    def __init__(self, cache: FeatureCache, subject: str, n_frames: int, dim: int, dtype: str):
+    def __init__(
+        self,
+        cache: FeatureCache,
+        subject: str,
+        n_frames: int,
+        dim: int,
+        dtype: str,
+        inputs: Any = None,
+        fill: str = "",
+    ):
         self.cache, self.subject = cache, subject
+        self.record = {"n_frames": int(n_frames), "inputs": inputs, **({"fill": fill} if fill else {})}
         self.shape = (int(n_frames), int(dim))
         self.dtype = np.dtype(dtype)
         self.final = cache.feature_path(subject)
@@ -286,9 +363,13 @@ class SubjectWriter:
         self.array = None
         with open(self.tmp, "rb+") as f:
             os.fsync(f.fileno())
+        # Record out first, record in last: a kill in between leaves a subject without a record (redone),
+        # never new features beside an old record or old features beside a new one.
+        self.cache.record_path(self.subject).unlink(missing_ok=True)
         with atomic_path(self.cache.mask_path(self.subject)) as mtmp, open(mtmp, "wb") as f:
             np.lib.format.write_array(f, mask)
         os.replace(self.tmp, self.final)
+        atomic_write_json(self.cache.record_path(self.subject), self.record)
         self.committed = True
 
     def __exit__(self, *exc: object) -> None:

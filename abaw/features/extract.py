@@ -1,10 +1,16 @@
 """``abaw features``: fill the visual and audio feature caches of a release, resumably.
 
 Every subject of the index gets one row per frame of its frame axis (``n_frames``). Finished subjects are
-skipped, so a killed run resumes where it stopped; ``shard="I/N"`` gives this process the subjects of rank
+skipped when what they were made from is unchanged (``abaw.features.inputs``: crop listing, video size and
+mtime, frame axis) and they are not a fill for unreadable media, so a killed run resumes where it stopped; ``shard="I/N"`` gives this process the subjects of rank
 ``i % N == I`` (sorted names; audio shards by raw video, whose audio serves both ``_left``/``_right``), so
 N machines can fill one cache. A subject that cannot be read (corrupt crop, undecodable audio) is
-reported by name at the end while the others finish; the exit code is then non-zero.
+reported by name at the end while the others finish; the exit code is then non-zero. So is a subject the
+index gives no frame axis (see ``abaw data``). The manifest is written only when every subject of the
+index is cached for its current inputs, and removed as soon as that stops being true.
+
+Where each config's caches are is recorded by this stage (``abaw.features.handoff``); ``feature_dir``
+reads that record, so later stages never re-resolve a backbone.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ from typing import Any
 import numpy as np
 
 from abaw.config import Config, save_config, stable_hash
-from abaw.features.cache import CacheError, FeatureCache, fill_sources
+from abaw.features import handoff
+from abaw.features.cache import MANIFEST, UNSEEN, CacheError, FeatureCache, fill_sources
 from abaw.features.config import parse_shard
-from abaw.features.registry import EXTRACTOR_VERSION, resolve_visual, visual_settings
+from abaw.features.inputs import audio_inputs, visual_inputs
+from abaw.features.registry import EXTRACTOR_VERSION, digested_files, resolve_visual, visual_settings
 from abaw.utils import atomic_write_json, code_version
 
 log = logging.getLogger(__name__)
@@ -50,10 +58,23 @@ def feature_settings(cfg: Config, kind: str) -> tuple[str, dict[str, Any]]:
     raise ValueError(f"feature kind {kind!r} is not one of {KINDS}")
 
 
+def resolve_feature_dir(cfg: Config, kind: str) -> tuple[Path, dict[str, Any], list[str]]:
+    """(``<release_cache>/features/<backbone>-<hash of the settings>``, the settings, the files whose
+    digest went into them): resolves the backbone (imports timm, hashes weights files)."""
+    with digested_files() as files:
+        name, settings = feature_settings(cfg, kind)
+    return cfg.release_cache / "features" / f"{name}-{stable_hash(settings)}", settings, files
+
+
 def feature_dir(cfg: Config, kind: str) -> Path:
-    """``<release_cache>/features/<backbone>-<hash of the settings>``: where ``kind`` features live."""
-    name, settings = feature_settings(cfg, kind)
-    return cfg.release_cache / "features" / f"{name}-{stable_hash(settings)}"
+    """Where the ``kind`` features of this config are, as the features stage recorded it.
+
+    Reads the stage's hand-off record (no backbone is resolved, no weights file hashed, so a weights file
+    moved after extraction does not matter); a weights file re-made at the same path is noticed by its
+    size and mtime. Raises ``FeaturesNotExtractedError`` when nothing was extracted for this config."""
+    if kind not in KINDS:
+        raise ValueError(f"feature kind {kind!r} is not one of {KINDS}")
+    return handoff.lookup(cfg, kind, lambda: resolve_feature_dir(cfg, kind)[0])
 
 
 # ---- what a run did -----------------------------------------------------------------------------
@@ -65,6 +86,7 @@ class ExtractReport:
     skipped: list[str] = field(default_factory=list)  # already finished (or finished by another writer)
     failed: dict[str, str] = field(default_factory=dict)  # subject -> reason
     warnings: list[str] = field(default_factory=list)
+    filled: list[str] = field(default_factory=list)  # cached as zeros for unreadable media (redone next run)
     frames: int = 0  # frames that went through the backbone in this run
     seconds: float = 0.0  # the whole call, model loading included
     loop_seconds: float = 0.0  # decoding + forward + writing only: what frames/s is measured over
@@ -86,7 +108,12 @@ class ExtractReport:
             + (f" (shard {self.shard})" if self.shard else "")
             + f": {len(self.extracted)} extracted, {len(self.skipped)} already done, {len(self.failed)} failed;"
             + f" {self.frames} frames{rate}, {self.seconds:.1f} s in all; "
-            + ("cache complete" if self.complete else "cache not complete yet")
+            + ("cache complete" if self.complete else "cache not complete")
+            + (
+                f" ({len(self.filled)} subject(s) filled with zeros for unreadable media, retried on every run)"
+                if self.filled
+                else ""
+            )
         ]
         lines += [f"  warning: {w}" for w in self.warnings]
         lines += [f"  FAILED {s}: {why}" for s, why in sorted(self.failed.items())]
@@ -102,6 +129,9 @@ class Job:
     video: str  # raw video name: the audio grouping key
     video_path: Path | None
     row: int  # row in the index table (frame_times are read from there only when needed)
+    has_audio: bool | None = None
+    inputs: dict[str, Any] | None = None  # identity of what the features are made from (abaw.features.inputs)
+    token: Any = UNSEEN  # the subject's cache record as this run first saw it (FeatureCache.record_token)
 
 
 def _path_or_none(value: Any, root: Path) -> Path | None:
@@ -124,7 +154,10 @@ def _jobs(cfg: Config, table, report: ExtractReport) -> list[Job]:
     for i, subject in enumerate(table["subject"].to_list()):
         n = get("n_frames", i)
         if n is None or n < 0:
-            report.warnings.append(f"{subject}: no frame axis in the index (n_frames={n}); not extracted")
+            # Never guessed: a wrong axis would overwrite good features with ones of another length.
+            errors = get("errors", i)
+            why = f": {'; '.join(errors)}" if errors is not None and len(errors) else ""
+            report.failed[subject] = f"no frame axis in the index (see `abaw data`){why}; not extracted"
             continue
         jobs.append(
             Job(
@@ -134,6 +167,7 @@ def _jobs(cfg: Config, table, report: ExtractReport) -> list[Job]:
                 video=get("video", i) or source_video(subject),
                 video_path=_path_or_none(get("video_path", i), root),
                 row=i,
+                has_audio=get("has_audio", i),
             )
         )
     names = [j.subject for j in jobs]
@@ -150,19 +184,19 @@ def _in_shard(names: list[str], shard: tuple[int, int] | None) -> set[str]:
 
 
 def crop_presence(crop_dir: Path | None, n_frames: int) -> tuple[np.ndarray, int]:
-    """(bool [n_frames]: which frames have a crop file, count of ``<digits>.jpg`` names that are not the
-    5-digit form ``%05d.jpg`` and so are not read). Crops beyond the frame axis are ignored.
+    """(bool [n_frames]: which frames have a crop file, count of misnamed crop files that are not read)."""
+    _, present, misnamed = visual_inputs(crop_dir, n_frames)
+    return present, misnamed
 
-    The index's own listing (``abaw.data.index.list_crops``), so that the frames the index counts as
-    having a face are exactly the frames read here."""
-    from abaw.data.index import list_crops
 
-    present = np.zeros(n_frames, bool)
-    if crop_dir is None or not crop_dir.is_dir():
-        return present, 0
-    listing = list_crops(crop_dir)
-    present[listing.frames[listing.frames < n_frames]] = True
-    return present, listing.misnamed
+def _plan(kind: str, cache: FeatureCache, table, job: Job) -> tuple[np.ndarray, int] | None:
+    """Fill in ``job.inputs`` (and the record token); (crop presence, misnamed crops) for visual jobs."""
+    job.token = cache.record_token(job.subject)
+    if kind == "visual":
+        job.inputs, present, misnamed = visual_inputs(job.crop_dir, job.n_frames)
+        return present, misnamed
+    job.inputs = audio_inputs(job.video_path, _frame_times(table, job), job.n_frames)
+    return None
 
 
 # ---- cache bookkeeping --------------------------------------------------------------------------
@@ -196,15 +230,36 @@ def _json_roundtrip(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
-def _finish_manifest(cache: FeatureCache, jobs: list[Job], kind: str, settings: dict[str, Any]) -> bool:
-    """Write manifest.json if every subject is cached (whoever gets here first, under the lock)."""
+def _drop_manifest(cache: FeatureCache) -> None:
     with cache.lock("manifest"):
-        if cache.complete:
-            return True
-        shapes = {j.subject: cache.shape(j.subject) for j in jobs}
-        if any(s is None or s[0] != j.n_frames for j, s in zip(jobs, shapes.values(), strict=True)):
+        (cache.path / MANIFEST).unlink(missing_ok=True)
+
+
+def _finish_manifest(
+    cache: FeatureCache, table, jobs: list[Job], kind: str, settings: dict[str, Any], report: ExtractReport
+) -> bool:
+    """Write manifest.json when every subject of the index is cached for its current inputs, else remove
+    it: the answer is worked out now, never taken from an older manifest (whoever finishes last writes)."""
+    with cache.lock("manifest"):
+        complete = not report.failed
+        filled = []
+        for j in jobs if complete else []:
+            if j.inputs is None:  # another shard's subject: its identity is checked here, once
+                try:
+                    _plan(kind, cache, table, j)
+                except OSError:
+                    complete = False
+                    break
+            if not cache.matches(j.subject, j.n_frames, j.inputs):
+                complete = False
+                break
+            if (cache.record(j.subject) or {}).get("fill"):
+                filled.append(j.subject)
+        if not complete:
+            (cache.path / MANIFEST).unlink(missing_ok=True)
             return False
-        dims = {s[1] for s in shapes.values()}
+        shapes = [cache.shape(j.subject) for j in jobs]
+        dims = {s[1] for s in shapes}
         if len(dims) > 1:
             raise CacheError(f"{cache.path}: subjects of different widths {sorted(dims)}")
         import timm
@@ -216,6 +271,7 @@ def _finish_manifest(cache: FeatureCache, jobs: list[Job], kind: str, settings: 
                 "dim": dims.pop() if dims else 0,
                 "dtype": settings["dtype"],
                 "subjects": {j.subject: j.n_frames for j in jobs},
+                "filled": sorted(filled),
                 "settings": _json_roundtrip(settings),
                 "hash": cache.path.name.rsplit("-", 1)[-1],
                 "extractor_version": EXTRACTOR_VERSION,
@@ -225,6 +281,7 @@ def _finish_manifest(cache: FeatureCache, jobs: list[Job], kind: str, settings: 
                 "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
         )
+        report.filled = sorted(filled)
         return True
 
 
@@ -255,24 +312,31 @@ def _extract_visual(cfg: Config, jobs: list[Job], cache: FeatureCache, report: E
     from abaw.features.visual import VisualExtractor, _worker_init, resolve_device
 
     vcfg = cfg.features.visual
-    pending = [j for j in jobs if not cache.has(j.subject, j.n_frames)]
-    report.skipped += sorted({j.subject for j in jobs} - {j.subject for j in pending})
+    pending, presence = [], []
+    for j in jobs:
+        try:
+            present, odd = _plan("visual", cache, None, j)
+        except OSError as e:  # an unreadable crop folder
+            report.failed[j.subject] = f"crop folder {j.crop_dir} unreadable: {e}"
+            continue
+        if cache.settled(j.subject, j.n_frames, j.inputs):
+            report.skipped.append(j.subject)
+            continue
+        pending.append(j)
+        presence.append(present)
+        if odd:
+            report.warnings.append(
+                f"{j.subject}: {odd} crop file(s) in {j.crop_dir} not named %05d.jpg; not read (frames missing)"
+            )
     if not pending:
         return
+    _drop_manifest(cache)  # from here on the cache is not complete until this run says so again
     ext = VisualExtractor(vcfg, resolve_device(cfg.features.device))
     if cache.dim not in (None, ext.dim):
         raise CacheError(f"{cache.path} holds features of width {cache.dim}, the backbone gives {ext.dim}")
 
     # One flat list of (subject, frame) over all pending subjects and one DataLoader for the whole run, so
     # workers keep decoding across subject boundaries. Batches never span two subjects.
-    presence = []
-    for j in pending:
-        present, odd = crop_presence(j.crop_dir, j.n_frames)
-        presence.append(present)
-        if odd:
-            report.warnings.append(
-                f"{j.subject}: {odd} crop file(s) in {j.crop_dir} not named %05d.jpg; not read (frames missing)"
-            )
     frames = [np.flatnonzero(p).astype(np.int32) for p in presence]
     counts = np.array([len(f) for f in frames], dtype=np.int64)
     ends = np.cumsum(counts)
@@ -303,13 +367,15 @@ def _extract_visual(cfg: Config, jobs: list[Job], cache: FeatureCache, report: E
         """A subject with no crop at all: zeros and an all-False mask."""
         job = pending[k]
         with cache.lock(job.subject):
-            if cache.has(job.subject, job.n_frames):
+            if cache.settled(job.subject, job.n_frames, job.inputs, ext.dim, job.token):
                 report.skipped.append(job.subject)
                 return
             cache.remove_stale_tmp(job.subject)
-            with cache.writer(job.subject, job.n_frames, ext.dim, vcfg.dtype) as w:
+            where = job.crop_dir if job.crop_dir else "no crop folder in the index"
+            with cache.writer(
+                job.subject, job.n_frames, ext.dim, vcfg.dtype, job.inputs, fill=f"no face crops ({where})"
+            ) as w:
                 w.commit(np.zeros(job.n_frames, bool), np.full(job.n_frames, -1))
-        where = job.crop_dir if job.crop_dir else "no crop folder in the index"
         report.warnings.append(f"{job.subject}: no face crops ({where}); features are zeros, mask all False")
         report.extracted.append(job.subject)
 
@@ -335,12 +401,14 @@ def _extract_visual(cfg: Config, jobs: list[Job], cache: FeatureCache, report: E
                 current = k
                 stack.enter_context(cache.lock(job.subject))
                 # Checked again under the lock: another process may have written it meanwhile.
-                if cache.has(job.subject, job.n_frames, ext.dim):
+                if cache.settled(job.subject, job.n_frames, job.inputs, ext.dim, job.token):
                     report.skipped.append(job.subject)
                     state = "skip"
                 else:
                     cache.remove_stale_tmp(job.subject)
-                    writer = stack.enter_context(cache.writer(job.subject, job.n_frames, ext.dim, vcfg.dtype))
+                    writer = stack.enter_context(
+                        cache.writer(job.subject, job.n_frames, ext.dim, vcfg.dtype, job.inputs)
+                    )
                     state = "open"
             if state != "open":
                 bar.update(b - a)
@@ -376,38 +444,38 @@ def _extract_audio(
     acfg = cfg.features.audio
     by_video: dict[str, list[Job]] = {}
     for j in jobs:
-        by_video.setdefault(j.video, []).append(j)
-    todo = [
-        (key, [j for j in group if not cache.has(j.subject, j.n_frames)]) for key, group in by_video.items()
-    ]
-    report.skipped += [
-        j.subject for group in by_video.values() for j in group if cache.has(j.subject, j.n_frames)
-    ]
-    todo = [(key, group) for key, group in sorted(todo) if group]
+        _plan("audio", cache, table, j)
+        if cache.settled(j.subject, j.n_frames, j.inputs):
+            report.skipped.append(j.subject)
+        else:
+            by_video.setdefault(j.video, []).append(j)
+    todo = sorted(by_video.items())
     if not todo:
         return
+    _drop_manifest(cache)  # from here on the cache is not complete until this run says so again
     ext = audio.AudioExtractor(acfg, device)
     if cache.dim not in (None, ext.dim):
         raise CacheError(f"{cache.path} holds features of width {cache.dim}, the backbone gives {ext.dim}")
     bar = _progress(sum(j.n_frames for _, group in todo for j in group), f"audio {acfg.preset}")
     t0 = time.perf_counter()
     try:
-        for _, group in todo:
+        for video, group in todo:
             video_path = group[0].video_path
             times = {j.subject: _frame_times(table, j) for j in group}
+            fill = ""
             if video_path is None or not video_path.is_file() or any(t is None for t in times.values()):
                 out = {
                     j.subject: (np.zeros((j.n_frames, ext.dim), np.float32), np.zeros(j.n_frames, bool))
                     for j in group
                 }
                 if video_path is None:
-                    where = "no raw video in the index"
+                    fill = "no raw video in the index"
                 elif not video_path.is_file():
-                    where = f"raw video {video_path} not found"
+                    fill = f"raw video {video_path} not found"
                 else:  # the index could not probe it (see `abaw data`), so there is no frame clock
-                    where = f"no frame timestamps in the index for {video_path} (unreadable video?)"
+                    fill = f"no frame timestamps in the index for {video_path} (unreadable video?)"
                 report.warnings += [
-                    f"{j.subject}: {where}; audio features are zeros, mask all False" for j in group
+                    f"{j.subject}: {fill}; audio features are zeros, mask all False" for j in group
                 ]
             else:
                 # Both sides of a two-person video share one pass over the union of their timestamps.
@@ -423,15 +491,20 @@ def _extract_audio(
                     raise RuntimeError(
                         f"AudioExtractor gave {feats.shape} / {mask.shape} for {len(union)} timestamps of {video_path}"
                     )
+                if any(j.has_audio is False for j in group):
+                    report.warnings.append(
+                        f"{video}: raw video {video_path.name} has no audio stream; audio features of "
+                        f"{', '.join(j.subject for j in group)} are zeros, mask all False"
+                    )
                 report.frames += len(union)
                 rows = {s: np.searchsorted(union, t) for s, t in times.items()}
                 out = {s: (feats[r], mask[r]) for s, r in rows.items()}
             for j in group:
                 try:
-                    if cache.write_subject(j.subject, *out[j.subject], acfg.dtype):
-                        report.extracted.append(j.subject)
-                    else:
-                        report.skipped.append(j.subject)
+                    written = cache.write_subject(
+                        j.subject, *out[j.subject], acfg.dtype, inputs=j.inputs, fill=fill, planned=j.token
+                    )
+                    (report.extracted if written else report.skipped).append(j.subject)
                 except FloatingPointError as e:
                     report.failed[j.subject] = str(e)
                 bar.update(j.n_frames)
@@ -463,8 +536,8 @@ def extract_features(cfg: Config, kind: str, shard: str | None = None, index=Non
     t0 = time.perf_counter()
     shard = shard or cfg.features.shard or None
     shard_t = parse_shard(shard) if shard else None
-    name, settings = feature_settings(cfg, kind)
-    cache = FeatureCache(cfg.release_cache / "features" / f"{name}-{stable_hash(settings)}")
+    path, settings, files = resolve_feature_dir(cfg, kind)
+    cache = FeatureCache(path)
     report = ExtractReport(kind=kind, cache_dir=cache.path, shard=shard or "")
     if index is None:
         from abaw.data.index import load_index
@@ -472,6 +545,7 @@ def extract_features(cfg: Config, kind: str, shard: str | None = None, index=Non
         index = load_index(cfg).table
     jobs = _jobs(cfg, index, report)
     _prepare_cache(cfg, cache, settings, jobs)
+    handoff.record(cfg, kind, cache.path, files)  # later stages find this cache through it
 
     if kind == "visual":
         mine = _in_shard([j.subject for j in jobs], shard_t)
@@ -484,7 +558,7 @@ def extract_features(cfg: Config, kind: str, shard: str | None = None, index=Non
         mine_jobs = [j for j in jobs if j.video in videos]
         _extract_audio(cfg, index, mine_jobs, cache, report, str(resolve_device(cfg.features.device)))
 
-    report.complete = _finish_manifest(cache, jobs, kind, settings)
+    report.complete = _finish_manifest(cache, index, jobs, kind, settings, report)
     report.seconds = time.perf_counter() - t0
     return report
 

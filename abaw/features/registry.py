@@ -11,13 +11,16 @@ Importing this module is cheap (no torch); only resolving a timm model's preproc
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from abaw.errors import AbawError
 from abaw.features.config import VisualBackboneConfig
 
 # Bump when a change in the extraction code changes feature values (resizing, fill, pooling...):
@@ -32,7 +35,7 @@ FILL_POLICIES = ("previous", "next", "nearest", "zeros")
 FEATURE_DTYPES = ("float16", "float32")
 
 
-class WeightsError(ValueError):
+class WeightsError(AbawError, ValueError):
     """A backbone without usable weights (missing file, random weights not allowed, hub unreachable)."""
 
 
@@ -98,10 +101,28 @@ def _digest_cached(path: str, size: int, mtime_ns: int) -> str:
     return file_digest(path)
 
 
+_DIGESTED: list[list[str]] = []  # open ``digested_files`` blocks
+
+
+@contextlib.contextmanager
+def digested_files() -> Iterator[list[str]]:
+    """Collect the (resolved) paths of every file ``weights_digest`` hashes inside the block: the files the
+    settings resolved there depend on, which the features stage records for its hand-off."""
+    files: list[str] = []
+    _DIGESTED.append(files)
+    try:
+        yield files
+    finally:
+        _DIGESTED.remove(files)
+
+
 def weights_digest(path: str | os.PathLike) -> str:
     """sha256 prefix of a weights file, remembered per (path, size, mtime) within one process."""
     st = os.stat(path)
-    return _digest_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    resolved = str(Path(path).resolve())
+    for files in _DIGESTED:
+        files.append(resolved)
+    return _digest_cached(resolved, st.st_size, st.st_mtime_ns)
 
 
 def _pretrained_cfg(model: str) -> dict[str, Any]:
@@ -210,12 +231,3 @@ def visual_settings(vcfg: VisualBackboneConfig) -> dict[str, Any]:
         extractor_version=EXTRACTOR_VERSION,
     )
     return d
-
-
-def __getattr__(name: str) -> Any:
-    # The audio presets live with the audio extractor; re-exported lazily so this module stays light.
-    if name == "AUDIO_PRESETS":
-        from abaw.features.audio import AUDIO_PRESETS
-
-        return AUDIO_PRESETS
-    raise AttributeError(name)
