@@ -384,6 +384,21 @@ def test_summary_on_the_generated_release(built, traps):
 
 
 # ---- saving, caching, listing crops once ---------------------------------------------------------------
+def test_summary_counts_every_video_without_audio(built):
+    import dataclasses
+
+    import polars as pl
+
+    videos = built.table["video"].unique(maintain_order=True).to_list()[:3]
+    silent = built.table.with_columns(
+        has_audio=pl.when(pl.col("video").is_in(videos)).then(False).otherwise(pl.col("has_audio"))
+    )
+    text = summary_text(dataclasses.replace(built, table=silent))
+    listed = next(line for line in text.splitlines() if line.startswith("Videos without audio"))
+    n = silent.filter(~pl.col("has_audio")).unique("video").height
+    assert n >= 3 and listed == f"Videos without audio ({n}):"
+
+
 def test_index_is_saved_reused_and_rebuilt_when_the_release_changes(synth_release, tmp_path, monkeypatch):
     src = tmp_path / "rel"
     shutil.copytree(synth_release, src, copy_function=os.link)  # hard links: cheap, and we only unlink

@@ -43,6 +43,7 @@ from abaw.data.release import (
     read_sample_counts,
     source_video,
 )
+from abaw.data.summary import few, summary_text
 
 INDEX_VERSION = 1  # bump when the columns or their meaning change: old indexes are rebuilt
 
@@ -155,7 +156,7 @@ def _subjects(
         extra = [s for s in counts if s not in set(test)]
         if extra:
             warnings.append(
-                f"{len(extra)} video(s) in the sample file but not in the test list: {_few(extra)}"
+                f"{len(extra)} video(s) in the sample file but not in the test list: {few(extra)}"
             )
     entries += [(s, "test", None) for s in test]
     seen: dict[str, str] = {}
@@ -171,10 +172,6 @@ def _subjects(
     return unique, counts
 
 
-def _few(names: list[str], k: int = 5) -> str:
-    return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
-
-
 def _index(rel: Release, cfg: DataConfig, progress: Callable[[int, int], None] | None) -> IndexResult:
     errors, warnings = list(rel.problems), list(rel.notes)
     entries, sample_counts = _subjects(rel, errors, warnings)
@@ -185,7 +182,7 @@ def _index(rel: Release, cfg: DataConfig, progress: Callable[[int, int], None] |
             crop_dirs = {e.name for e in it if e.is_dir()}
         strays = sorted(crop_dirs - {s for s, _, _ in entries})
         if strays:
-            warnings.append(f"{len(strays)} crop folder(s) belong to no split: {_few(strays)}")
+            warnings.append(f"{len(strays)} crop folder(s) belong to no split: {few(strays)}")
 
     # Keyed by subject: where a release has no shared X.mp4 but X_left.mp4 and X_right.mp4, each side
     # must get its own file (keyed by X, one would silently take the other's audio).
@@ -193,7 +190,7 @@ def _index(rel: Release, cfg: DataConfig, progress: Callable[[int, int], None] |
     used = {p for p in videos.values() if p is not None}
     unused = sorted(name for name, p in rel.videos.items() if p not in used)
     if unused:
-        warnings.append(f"{len(unused)} raw video(s) belong to no subject: {_few(unused)}")
+        warnings.append(f"{len(unused)} raw video(s) belong to no subject: {few(unused)}")
 
     jobs: dict[tuple[str, str], object] = {}
     with ThreadPoolExecutor(_workers(cfg)) as pool:
@@ -498,8 +495,6 @@ def cli_data(cfg, args: argparse.Namespace) -> int:
     except ReleaseError as e:
         print(f"abaw data: {e}", file=sys.stderr)
         return 2
-    from abaw.data.summary import summary_text
-
     print(summary_text(result))
     print(f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     return 1 if result.errors else 0

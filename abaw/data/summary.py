@@ -3,15 +3,13 @@ audio, missing crops, odd files and errors. Reads an ``IndexResult``; builds not
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import polars as pl
 
-from abaw.data.index import _few
 
-if TYPE_CHECKING:
-    from abaw.data.index import IndexResult
+def few(names: list[str], k: int = 5) -> str:
+    """The first ``k`` names, and how many there are in all when that is more."""
+    return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
 
 
 _FPS_BINS = [(0, 15, "<15"), (15, 25, "15-25"), (25, 29, "25-29"), (29, 31, "29-31"), (31, 1e9, ">=31")]
@@ -26,8 +24,8 @@ def _runs_text(runs: list[list[int]], k: int = 4) -> str:
     return shown + (f" ... ({len(runs)} runs)" if len(runs) > k else "")
 
 
-def summary_text(result: IndexResult) -> str:
-    """A human summary: split counts, frame rates, mismatches, audio, missing crops, odd files, errors."""
+def summary_text(result) -> str:
+    """A human summary of an ``abaw.data.index.IndexResult``: split counts, frame rates, mismatches, audio, missing crops, odd files, errors."""
     t = result.table
     out = [f"Release {result.root}"]
     if result.index_path:
@@ -76,7 +74,7 @@ def summary_text(result: IndexResult) -> str:
     no_audio = videos.filter(~pl.col("has_audio"))["video"].to_list()
     # Counted by video (the list itself is shortened to 20 names).
     out += (
-        [f"Videos without audio ({len(no_audio)}):", "  " + _few(no_audio, 20)]
+        [f"Videos without audio ({len(no_audio)}):", "  " + few(no_audio, 20)]
         if no_audio
         else ["Videos without audio: none"]
     )
