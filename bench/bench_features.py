@@ -4,6 +4,7 @@
   / the same backbone's forward-only frames/s on pre-decoded tensors: same model, batch and threads,
   measured back to back (forward, extraction, forward again) so load on the shared machine hits both.
 - memory: peak RSS of a fresh process extracting one 20,000-frame subject / one 1,000-frame subject.
+- inputs: the input identity a rerun checks per subject (scan + stat) / reading every crop's bytes.
 - audio: seconds of compute per second of audio (real-time factor) for each audio preset, random
   weights, timed by ``bench.audio_rtf.bench_audio_rtf``.
 
@@ -174,6 +175,28 @@ def memory(short: int = 1000, long: int = 20000) -> dict:
     )
 
 
+def identity_cost(frames: int = 20000, rounds: int = 3) -> dict:
+    """Cost of the per-subject input identity a rerun checks (one directory scan with a stat per crop)
+    next to reading every crop's bytes (what a content hash would need), on one ``frames``-crop subject;
+    medians over ``rounds``, measured alternately."""
+    from abaw.features.inputs import visual_inputs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        table = make_release(Path(tmp), {"long": frames})
+        d = Path(table["crop_dir"][0])
+        stat_s, read_s = [], []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            visual_inputs(d, frames)
+            stat_s.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            for p in sorted(d.iterdir()):
+                p.read_bytes()
+            read_s.append(time.perf_counter() - t)
+        a, b = float(np.median(stat_s)), float(np.median(read_s))
+        return dict(frames=frames, stat_ms=round(a * 1e3, 1), read_ms=round(b * 1e3, 1), ratio=round(a / b, 3))
+
+
 def audio_rtf(seconds: float = 20.0) -> dict:
     """Per audio preset: the audio module's own timing of ``embed_video`` (decode included) on an MP4."""
     try:
@@ -208,6 +231,12 @@ def main() -> None:
         f"memory  peak RSS {m['short']['peak_rss_mb']:.0f} MiB ({m['short']['n_frames']} frames) vs "
         f"{m['long']['peak_rss_mb']:.0f} MiB ({m['long']['n_frames']} frames) -> ratio {m['rss_ratio']:.2f} "
         "(target <= 1.5)",
+        flush=True,
+    )
+    c = identity_cost()
+    print(
+        f"inputs  identity of {c['frames']} crops (scan + stat) {c['stat_ms']} ms vs reading every crop "
+        f"{c['read_ms']} ms -> ratio {c['ratio']:.3f} (page cache warm for both)",
         flush=True,
     )
     for name, r in audio_rtf().items():

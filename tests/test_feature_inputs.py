@@ -55,8 +55,6 @@ def test_crop_rewritten_after_extraction_is_extracted_again(own_hand, tmp_path):
     assert first.ok and first.complete
     cache = FeatureCache(first.cache_dir)
     before = np.array(cache.load("a")[0])
-    rec = cache.record("a")
-    assert rec["inputs"]["n_frames"] == HAND["a"][0] and rec["inputs"]["crops"] == len(HAND["a"][1])
 
     crop = root / "cropped_aligned" / "a" / "00004.jpg"  # frame 3
     _image(crop, seed=99)
@@ -70,6 +68,8 @@ def test_crop_rewritten_after_extraction_is_extracted_again(own_hand, tmp_path):
     # Nothing changed since: a finished real result is skipped (the fill "d" is redone, see below).
     third = extract_features(cfg, "visual", index=table)
     assert sorted(third.skipped) == ["a", "b", "c"] and third.extracted == ["d"]
+    rec = cache.record("a")
+    assert rec["inputs"]["n_frames"] == HAND["a"][0] and rec["inputs"]["crops"] == len(HAND["a"][1])
 
 
 def test_fill_is_never_a_finished_result(own_hand, tmp_path):
@@ -77,8 +77,7 @@ def test_fill_is_never_a_finished_result(own_hand, tmp_path):
     cfg = _hand_cfg((root, table), tmp_path)
     first = extract_features(cfg, "visual", index=table)
     cache = FeatureCache(first.cache_dir)
-    assert cache.record("d")["fill"].startswith("no face crops") and not cache.record("a").get("fill")
-    assert first.complete and cache.manifest["filled"] == ["d"] and "filled with zeros" in first.summary()
+    assert first.complete
     # The crops of "d" turn up (a remounted disk, a re-run face detector): the zeros are replaced.
     d = root / "cropped_aligned" / "d"
     d.mkdir()
@@ -92,6 +91,14 @@ def test_fill_is_never_a_finished_result(own_hand, tmp_path):
     feats, mask = cache.load("d")
     assert mask.tolist() == [True, True, True, False, False] and np.abs(feats[:3].astype(np.float32)).sum() > 0
     assert "fill" not in cache.record("d")
+
+
+def test_fills_are_recorded_and_reported(own_hand, tmp_path):
+    root, table = own_hand
+    report = extract_features(_hand_cfg((root, table), tmp_path), "visual", index=table)
+    cache = FeatureCache(report.cache_dir)
+    assert cache.record("d")["fill"].startswith("no face crops") and not cache.record("a").get("fill")
+    assert report.complete and cache.manifest["filled"] == ["d"] and "filled with zeros" in report.summary()
 
 
 def test_unreadable_video_replaced_by_a_good_one_is_extracted_again(synth_release, tmp_path):
@@ -111,17 +118,40 @@ def test_unreadable_video_replaced_by_a_good_one_is_extracted_again(synth_releas
     assert first.ok and subject in first.extracted, first.summary()
     assert any(w.startswith(f"{subject}: no frame timestamps") for w in first.warnings)
     cache = FeatureCache(first.cache_dir)
-    assert not cache.load(subject)[1].any() and cache.record(subject)["fill"]
+    assert not cache.load(subject)[1].any()
+
+    video.write_bytes(good)
+    second = extract_features(cfg, "audio")
+    assert second.ok and second.extracted == [subject] and second.complete, second.summary()
+    assert cache.load(subject)[1].mean() > 0.9 and set(second.skipped) == set(table["subject"]) - {subject}
+    assert "fill" not in cache.record(subject)
     # item 12: the README's promise, a warning for each video without audio
     no_audio = table.filter(~table["has_audio"].fill_null(True))["video"].unique().to_list()
     assert no_audio and all(any(w.startswith(f"{v}: raw video") and "no audio stream" in w
                                 for w in first.warnings) for v in no_audio), first.warnings
 
-    video.write_bytes(good)
-    second = extract_features(cfg, "audio")
-    assert second.ok and second.extracted == [subject] and second.complete, second.summary()
-    assert cache.load(subject)[1].mean() > 0.9 and "fill" not in cache.record(subject)
-    assert set(second.skipped) == set(table["subject"]) - {subject}
+
+def test_features_warns_for_each_video_without_audio(tmp_path, monkeypatch):
+    import types
+
+    import polars as pl
+    from test_features import FakeAudio
+
+    from abaw.features import extract as extract_mod
+
+    fake = types.SimpleNamespace(**{k: getattr(FakeAudio, k) for k in dir(FakeAudio) if not k.startswith("_")})
+    monkeypatch.setattr(extract_mod, "_audio_module", lambda: fake)
+    FakeAudio.calls = []
+    rows = []
+    for v, sides, has in (("quiet", ("_left", "_right"), False), ("loud", ("",), True), ("mute", ("",), False)):
+        (tmp_path / f"{v}.mp4").write_bytes(b"")
+        rows += [dict(subject=v + s, video=v, n_frames=3, video_path=str(tmp_path / f"{v}.mp4"),
+                      frame_times=[0.0, 0.1, 0.2], has_audio=has) for s in sides]
+    cfg = load_config("configs/test.yaml", [f"cache_root={tmp_path / 'cache'}"])
+    report = extract_features(cfg, "audio", index=pl.DataFrame(rows))
+    silent = [w for w in report.warnings if "no audio stream" in w]
+    assert len(silent) == 2 and silent[0].startswith("mute: raw video mute.mp4 has no audio stream")
+    assert "quiet_left, quiet_right are zeros" in silent[1] and report.ok
 
 
 # ---- item 5: a broken sample file --------------------------------------------------------------------
@@ -168,6 +198,19 @@ def test_failed_subject_is_never_reported_as_a_complete_cache(own_hand, tmp_path
         report.cache_dir / "manifest.json"
     ).exists()
     assert not FeatureCache(report.cache_dir).complete
+
+
+def test_an_older_manifest_is_not_trusted_when_a_subject_fails(own_hand, tmp_path):
+    root, table = own_hand
+    cfg = _hand_cfg((root, table), tmp_path)
+    first = extract_features(cfg, "visual", index=table)
+    assert first.complete
+    (first.cache_dir / "a.npy").unlink()  # lost (a cleanup script, a disk error) ...
+    (root / "cropped_aligned" / "a" / "00004.jpg").write_bytes(b"garbage")  # ... and unreadable now
+    report = extract_features(cfg, "visual", index=table)
+    text = report.summary()
+    assert not report.ok and "FAILED a:" in text and "cache not complete" in text and "cache complete" not in text
+    assert not report.complete and not FeatureCache(first.cache_dir).complete
 
 
 # ---- item 15 / contract C3: the hand-off -------------------------------------------------------------
