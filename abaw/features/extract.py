@@ -565,7 +565,7 @@ def extract_features(cfg: Config, kind: str, shard: str | None = None, index=Non
 
 def cli_features(cfg: Config, args) -> int:
     """``abaw features [--only visual|audio] [--shard I/N]``: 0 when every subject succeeded."""
-    from abaw.features.registry import WeightsError
+    from abaw.errors import AbawError
 
     kinds = [args.only] if getattr(args, "only", None) else list(KINDS)
     shard = getattr(args, "shard", None) or cfg.features.shard or None
@@ -573,7 +573,7 @@ def cli_features(cfg: Config, args) -> int:
     for kind in kinds:
         try:
             report = extract_features(cfg, kind, shard=shard)
-        except (WeightsError, CacheError, ValueError) as e:
+        except (AbawError, ValueError) as e:  # WeightsError and CacheError are AbawErrors
             print(f"abaw features ({kind}): {e}", file=sys.stderr)
             return 2
         print(report.summary(), file=sys.stdout if report.ok else sys.stderr, flush=True)

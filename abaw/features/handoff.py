@@ -72,13 +72,25 @@ def _file_state(path: str) -> dict[str, Any]:
     return {"path": path, "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
 
 
+def _named_files(section: dict[str, Any]) -> set[str]:
+    """Files the config section names directly (a weights path, a checkpoint): tracked even if whatever
+    hashes them does not go through ``registry.weights_digest``."""
+    out = set()
+    for v in section.values():
+        if isinstance(v, str) and v and os.path.isfile(os.path.expanduser(v)):
+            out.add(str(Path(v).expanduser().resolve()))
+    return out
+
+
 def record(cfg, kind: str, cache_dir: Path, files: list[str]) -> None:
-    """Write (or refresh) this config's hand-off record: ``cache_dir`` holds its ``kind`` features."""
+    """Write (or refresh) this config's hand-off record: ``cache_dir`` holds its ``kind`` features.
+    ``files``: those whose digest went into the settings (``registry.digested_files``)."""
+    section = _section(cfg, kind)
     rec = {
         "kind": kind,
         "dir": cache_dir.name,
-        "config": _section(cfg, kind),
-        "files": [_file_state(f) for f in sorted(set(files))],
+        "config": section,
+        "files": [_file_state(f) for f in sorted(set(files) | _named_files(section))],
     }
     path = record_path(cfg, kind)
     try:
