@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from abaw.errors import AbawError
 from abaw.utils import atomic_path, atomic_write_json, file_lock
 
 MANIFEST = "manifest.json"
@@ -92,7 +93,7 @@ def _complete_npy(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
         return None
 
 
-class CacheError(RuntimeError):
+class CacheError(RuntimeError, AbawError):
     """A cache folder whose contents contradict its name (settings, feature width): never written into."""
 
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from abaw.errors import AbawError
 from abaw.features.config import VisualBackboneConfig
 
 # Bump when a change in the extraction code changes feature values (resizing, fill, pooling...):
@@ -32,7 +33,7 @@ FILL_POLICIES = ("previous", "next", "nearest", "zeros")
 FEATURE_DTYPES = ("float16", "float32")
 
 
-class WeightsError(ValueError):
+class WeightsError(ValueError, AbawError):
     """A backbone without usable weights (missing file, random weights not allowed, hub unreachable)."""
 
 

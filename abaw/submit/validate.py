@@ -25,6 +25,8 @@ from typing import IO
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from abaw.errors import AbawError
+
 HEADER = b"image_location,valence,arousal"
 SWAPPED = b"image_location,arousal,valence"
 
@@ -49,7 +51,7 @@ _POW10 = 10.0 ** np.arange(_MAX_DIGITS - 1, -1, -1)
 _POW10_FRAC = 10.0 ** np.arange(_MAX_NUMBER + 1)
 
 
-class ReferenceFileError(ValueError):
+class ReferenceFileError(ValueError, AbawError):
     """The sample file or release list itself cannot be used (names the file and the problem)."""
 
 
