@@ -129,15 +129,26 @@ def open_study(cfg: Config) -> optuna.Study:
     lock = (url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else
             str(cfg.release_cache / "studies" / cfg.tune.study)) + ".lock"
     Path(lock).parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(lock):
-        return optuna.create_study(
-            study_name=cfg.tune.study,
-            storage=make_storage(cfg),
-            sampler=make_sampler(cfg),
-            pruner=make_pruner(cfg),
-            direction="maximize",
-            load_if_exists=True,
-        )
+    for attempt in range(5):
+        try:
+            with file_lock(lock):
+                return optuna.create_study(
+                    study_name=cfg.tune.study,
+                    storage=make_storage(cfg),
+                    sampler=make_sampler(cfg),
+                    pruner=make_pruner(cfg),
+                    direction="maximize",
+                    load_if_exists=True,
+                )
+        except Exception as e:
+            # Machines that share no lock file can race to create a fresh server database's tables or
+            # the study itself: the loser retries and then finds them made.
+            import sqlalchemy.exc
+
+            if attempt == 4 or not isinstance(e, sqlalchemy.exc.SQLAlchemyError):
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _pid_alive(pid: int) -> bool:
