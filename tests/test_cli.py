@@ -111,3 +111,11 @@ def test_overrides_after_a_list_option_are_not_taken_as_its_values():
 def test_urls_and_paths_are_not_overrides():
     args = cli.parse_args(["tune", "--storage", "postgresql://u@h/db?sslmode=require", "tune.study=x"])
     assert args.storage == "postgresql://u@h/db?sslmode=require" and args.overrides == ["tune.study=x"]
+
+
+def test_train_without_features_is_one_line_and_exit_2(synth_release, tmp_path, capsys):
+    rc = cli.main(["train", "-c", "configs/test.yaml", "--data", str(synth_release),
+                   f"cache_root={tmp_path / 'empty-cache'}"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("abaw train: ") and err.count("\n") == 1 and "abaw features" in err, err
