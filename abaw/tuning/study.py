@@ -173,10 +173,11 @@ def set_fail_reason(study: optuna.Study, number: int, reason: str) -> None:
     study.set_user_attr(_REASON.format(number), reason[:2000])
 
 
-def fail_reason(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
+def fail_reason(study: optuna.Study, trial: optuna.trial.FrozenTrial, study_attrs: dict | None = None) -> str:
     """Why a trial failed: its own ``fail_reason`` (the objective raised) or the one recorded when
-    another worker failed it (its worker died)."""
-    return trial.user_attrs.get("fail_reason") or study.user_attrs.get(_REASON.format(trial.number), "")
+    another worker failed it (its worker died). ``study_attrs``: ``study.user_attrs``, read once."""
+    attrs = study.user_attrs if study_attrs is None else study_attrs
+    return trial.user_attrs.get("fail_reason") or attrs.get(_REASON.format(trial.number), "")
 
 
 def _local_orphan(t: optuna.trial.FrozenTrial) -> bool:
@@ -420,6 +421,7 @@ def report(cfg: Config, top: int = 10) -> str:
 
     study = open_study(cfg)
     trials = study.get_trials(deepcopy=False)
+    study_attrs = study.user_attrs
     rows = []
     for t in trials:
         rows.append(
@@ -430,7 +432,7 @@ def report(cfg: Config, top: int = 10) -> str:
                 "epochs": t.user_attrs.get("epochs", len(t.intermediate_values)),
                 "seconds": (t.duration.total_seconds() if t.duration else float("nan")),
                 **{k: v for k, v in t.params.items()},
-                "fail_reason": fail_reason(study, t),
+                "fail_reason": fail_reason(study, t, study_attrs),
             }
         )
     lines = [f"study {cfg.tune.study!r} at {storage_url(cfg)}: {len(trials)} trials "
