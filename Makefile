@@ -1,7 +1,8 @@
 # abaw — the table of contents. `make help` lists the targets; each stage resumes where it stopped.
 #   DATA=/path/to/affwild2  run on a real release (default: the generated demo release)
 #   CONFIG=configs/x.yaml   run config (default: demo.yaml without DATA, default.yaml with it)
-#   ARGS="train.lr=1e-4"    extra key=value overrides for the stage
+#   ARGS="train.lr=1e-4"    key=value config overrides, given to EVERY stage of the chain (they must agree)
+#   FLAGS="--split val"     stage flags, given only to the stage named as the goal (make tune FLAGS=--report)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,8 +13,15 @@ STAMP := $(VENV)/.installed
 DATA ?=
 CONFIG ?= $(if $(DATA),configs/default.yaml,configs/demo.yaml)
 ARGS ?=
+FLAGS ?=
 K ?= 5
 COMMON := -c $(CONFIG) $(if $(DATA),--data $(DATA),)
+# $(call flags,<goal>): FLAGS when <goal> is the goal named on the command line (the last one when
+# several are), else nothing, so `make predict FLAGS="--split val"` does not hand --split to `abaw data`.
+flags = $(if $(filter $(1),$(lastword $(MAKECMDGOALS))),$(FLAGS))
+# ARGS holds config overrides only; a flag there would reach every stage and die in the first one.
+ARGS_FLAGS := $(strip $(foreach w,$(ARGS),$(if $(findstring =,$(w)),,$(w))))
+$(if $(ARGS_FLAGS),$(error ARGS takes key=value config overrides only, found "$(ARGS_FLAGS)"; stage flags go in FLAGS, e.g. make tune FLAGS=--report))
 
 .DEFAULT_GOAL := help
 .PHONY: help install data features train folds predict tune submit demo test lint bench clean-demo
@@ -30,25 +38,25 @@ $(STAMP): pyproject.toml
 
 data: $(STAMP) ## index the release (writes the demo release first when DATA is unset)
 	$(if $(DATA),,$(ABAW) synth $(COMMON))
-	$(ABAW) data $(COMMON) $(ARGS)
+	$(ABAW) data $(COMMON) $(ARGS) $(call flags,data)
 
 features: data ## extract cached visual and audio features
-	$(ABAW) features $(COMMON) $(ARGS)
+	$(ABAW) features $(COMMON) $(ARGS) $(call flags,features)
 
 train: features ## train the configured fusion model
-	$(ABAW) train $(COMMON) $(ARGS)
+	$(ABAW) train $(COMMON) $(ARGS) $(call flags,train)
 
 folds: features ## train K folds over train+val by source video (K=5), for an ensemble
-	for f in $$(seq 0 $$(($(K)-1))); do $(ABAW) train $(COMMON) train.folds=$(K) train.fold=$$f $(ARGS) || exit 1; done
+	for f in $$(seq 0 $$(($(K)-1))); do $(ABAW) train $(COMMON) train.folds=$(K) train.fold=$$f $(ARGS) $(call flags,folds) || exit 1; done
 
-predict: train ## predict a split with the configured run (ARGS="--runs DIR... --split val")
-	$(ABAW) predict $(COMMON) $(ARGS)
+predict: train ## predict a split with the configured run (make predict FLAGS="--split val")
+	$(ABAW) predict $(COMMON) $(ARGS) $(call flags,predict)
 
-tune: features ## run (or continue) the Optuna study; report with ARGS=--report
-	$(ABAW) tune $(COMMON) $(ARGS)
+tune: features ## run (or continue) the Optuna study (make tune FLAGS=--report: its table and plots)
+	$(ABAW) tune $(COMMON) $(ARGS) $(call flags,tune)
 
 submit: train ## predict the test set, write, validate and package a submission
-	$(ABAW) submit $(COMMON) $(ARGS)
+	$(ABAW) submit $(COMMON) $(ARGS) $(call flags,submit)
 
 demo: $(STAMP) ## the whole pipeline on the generated release, scored like a leaderboard
 	$(MAKE) --no-print-directory submit DATA= CONFIG=configs/demo.yaml

@@ -1,14 +1,19 @@
 """``abaw <stage>``: a thin command line over plain functions.
 
-Every stage takes ``--config FILE`` (YAML under configs/) and trailing ``key.sub=value`` overrides;
-stage modules are imported only when their command runs, so ``abaw validate`` does not load torch.
+Every stage takes ``--config FILE`` (YAML under configs/) and ``key.sub=value`` overrides anywhere on
+the line (``abaw tune --study s train.max_epochs=3``); stage modules are imported only when their command
+runs, so ``abaw validate`` does not load torch. A user error (``abaw.errors.AbawError``) is printed as one
+line, ``abaw <stage>: <message>``, with exit status 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
+
+from abaw.errors import AbawError
 
 # command -> (module, function, help). The function takes (cfg, args) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -22,6 +27,28 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "validate": ("abaw.submit.validate", "cli_validate", "check a prediction file independently"),
     "score": ("abaw.submit.score", "cli_score", "score a prediction file against ground truth"),
 }
+
+
+# A config override: a dotted key of identifiers, "=", any value. Paths and URLs never look like this
+# (their text before the first "=" holds "/", ":" or "-"), so such words can sit anywhere on the line.
+_OVERRIDE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*=")
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``(arguments, overrides)``: every ``key.sub=value`` word is an override, wherever it stands.
+
+    argparse alone cannot take positionals after options in every order (a ``*`` positional is matched
+    once, before the options), and ``--runs A B key=value`` would swallow the override as a run.
+    Everything after a bare ``--`` is left to argparse.
+    """
+    args: list[str] = []
+    overrides: list[str] = []
+    for i, word in enumerate(argv):
+        if word == "--":
+            args += argv[i:]
+            break
+        (overrides if _OVERRIDE.match(word) else args).append(word)
+    return args, overrides
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -69,20 +96,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; ``args.overrides`` holds every ``key=value`` word in the order given."""
+    words, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(words)
+    args.overrides = list(args.overrides) + overrides
+    return args
+
+
+def one_line(message: str) -> str:
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from abaw.config import ConfigError, load_config
+    args = parse_args(argv)
+    from abaw.config import load_config
 
     overrides = list(args.overrides)
     if args.data:
         overrides.insert(0, f"data.root={args.data}")
     try:
         cfg = load_config(args.config, overrides)
-    except ConfigError as e:
-        print(f"abaw {args.command}: config error: {e}", file=sys.stderr)
+        module, func, _ = COMMANDS[args.command]
+        return int(getattr(importlib.import_module(module), func)(cfg, args) or 0)
+    except AbawError as e:
+        print(f"abaw {args.command}: {one_line(str(e)) or type(e).__name__}", file=sys.stderr)
         return 2
-    module, func, _ = COMMANDS[args.command]
-    return int(getattr(importlib.import_module(module), func)(cfg, args) or 0)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from abaw.data.config import DataConfig
+from abaw.errors import AbawError
 from abaw.features.config import FeaturesConfig
 from abaw.metrics.config import PostprocessConfig
 from abaw.models.config import ModelConfig
@@ -32,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, AbawError):
     """A config file or override that does not fit the schema."""
 
 

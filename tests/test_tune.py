@@ -1,5 +1,6 @@
 """Optuna studies: space checking, pruning, parallel workers on one SQLite study, restart after a kill,
-failing trials, and the exported best config training as it is."""
+failing trials, per-trial sampler seeds, the exported best config (in the release cache) training as it
+is. Several machines on PostgreSQL / a journal file: tests/test_postgres_study.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,17 @@ from optuna.trial import TrialState
 from abaw.config import ConfigError, load_config, with_overrides
 from abaw.tuning.pruning import OptunaPruning
 from abaw.tuning.space import load_space
-from abaw.tuning.study import export_best, open_study, report, run_study, storage_url
+from abaw.tuning.study import (
+    cli_tune,
+    export_best,
+    export_path,
+    fail_reason,
+    journal_path,
+    open_study,
+    report,
+    run_study,
+    storage_url,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,7 +53,7 @@ def tune_cfg(synth_features_cfg, tmp_path):
         synth_features_cfg,
         [f"tune.space={space}", f"tune.export_dir={tmp_path / 'tuned'}", "tune.study=t",
          f"tune.storage=sqlite:///{tmp_path / 'study.db'}", "tune.pruner=none", "model.d_audio=16",
-         "model.d_visual=16", "model.head_hidden=16"],
+         "model.d_visual=16", "model.head_hidden=16", "tune.heartbeat_s=1"],
     )
 
 
@@ -147,7 +158,7 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tune_cfg, tmp_path):
     study = run_study(cfg)
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
-    assert all("expected L=7" in t.user_attrs["fail_reason"] for t in trials), [t.user_attrs for t in trials]
+    assert all("expected L=7" in fail_reason(study, t) for t in trials), [t.user_attrs for t in trials]
     assert export_best(cfg, study) is None  # nothing completed, nothing exported
 
 
@@ -157,7 +168,7 @@ def test_killed_study_restarts_keeping_finished_trials(tune_cfg):
            f"data.root={cfg.data.root}", f"cache_root={cfg.cache_root}", f"tune.space={cfg.tune.space}",
            f"tune.export_dir={cfg.tune.export_dir}", f"tune.storage={cfg.tune.storage}",
            "tune.study=killed", "tune.n_trials=3", "tune.pruner=none", "model.d_audio=16",
-           "model.d_visual=16", "model.head_hidden=16"]
+           "model.d_visual=16", "model.head_hidden=16", "tune.heartbeat_s=1"]
     open_study(cfg)  # the schema exists before two processes touch the file
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -187,6 +198,58 @@ def test_killed_study_restarts_keeping_finished_trials(tune_cfg):
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     assert trials[0].state == TrialState.COMPLETE  # finished work is kept
     for n in killed:
-        assert trials[n].state == TrialState.FAIL and "died" in trials[n].user_attrs["fail_reason"]
+        assert trials[n].state == TrialState.FAIL and "died" in fail_reason(study, trials[n])
     finished = [t for t in trials.values() if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
     assert len(finished) == 3  # the restart topped the study up to n_trials
+
+
+def _params(study) -> list[tuple]:
+    return [tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False)]
+
+
+def test_restarted_study_draws_new_trials_and_exports_into_the_release_cache(tune_cfg, capsys):
+    """Issue 10 items 7-8: a continued study does not replay its first trials' parameters; the best trial
+    goes next to the study in the release cache (its path printed), never into the repository."""
+    cfg = with_overrides(tune_cfg, ["tune.export_dir=", "tune.n_trials=2", "tune.study=restart"])
+    configs_before = sorted((p, p.stat().st_mtime_ns) for p in (REPO / "configs").rglob("*"))
+    args = SimpleNamespace(report=False)
+    assert cli_tune(cfg, args) == 0
+    assert cli_tune(with_overrides(cfg, ["tune.n_trials=4"]), args) == 0
+    study = open_study(cfg)
+    assert len(study.get_trials(deepcopy=False)) == 4
+    assert len(set(_params(study))) == 4, _params(study)
+    exported = export_path(cfg)
+    assert exported == cfg.release_cache / "studies" / "restart" / "best.yaml" and exported.is_file()
+    assert f"make train CONFIG={exported}" in capsys.readouterr().out
+    assert sorted((p, p.stat().st_mtime_ns) for p in (REPO / "configs").rglob("*")) == configs_before
+    best = load_config(exported, [f"data.root={cfg.data.root}", f"cache_root={cfg.cache_root}"])
+    assert best.train.lr == pytest.approx(study.best_params["train.lr"])
+
+
+class _AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+def test_a_pruned_trial_skips_the_post_training_report(tune_cfg, monkeypatch):
+    from abaw.tuning import study as study_mod
+
+    monkeypatch.setattr(study_mod, "make_pruner", lambda cfg: _AlwaysPrune())
+    cfg = with_overrides(tune_cfg, ["tune.n_trials=1", "tune.study=pruned", "tune.max_epochs=2"])
+    study = run_study(cfg)
+    (trial,) = study.get_trials(deepcopy=False)
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["epochs"] == 1
+    run = Path(trial.user_attrs["run_dir"])
+    assert (run / "config.yaml").is_file()  # it trained there ...
+    assert not (run / "summary.json").exists() and not list(run.glob("*.png"))  # ... and reported nothing
+
+
+def test_an_absolute_journal_url_stays_absolute(tune_cfg, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path / "tuned" if (tmp_path / "tuned").is_dir() else tmp_path)
+    target = tmp_path / "journals" / "study.log"
+    cfg = with_overrides(tune_cfg, [f"tune.storage=journal://{target}", "tune.study=j"])
+    assert journal_path(f"journal://{target}") == target
+    open_study(cfg)
+    assert target.is_file()
+    assert journal_path("journal:rel.log") == Path("rel.log") and journal_path("x/study.log") == Path("x/study.log")
+    assert journal_path("sqlite:///x.db") is None

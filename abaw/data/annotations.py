@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from abaw.errors import AbawError
+
 HEADER = "valence,arousal"
 NOT_ANNOTATED = -5.0
 
@@ -31,7 +33,7 @@ _FAST_BYTES = b"0123456789.,+-eE\r\n"
 _BOM = b"\xef\xbb\xbf"
 
 
-class AnnotationError(ValueError):
+class AnnotationError(ValueError, AbawError):
     """An annotation file that cannot be used; the message names the file and the line."""
 
 

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from abaw.errors import AbawError
+
 # A frame duration further than this (relative) from the median makes the video variable-frame-rate.
 # Time bases like 1/1000 s jitter CFR durations by one tick (33/34 ms), which stays far below 10 %.
 VFR_TOLERANCE = 0.10
 
 
-class ProbeError(RuntimeError):
+class ProbeError(RuntimeError, AbawError):
     """A video that cannot be opened or has no usable video stream; the message names the file."""
 
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from abaw.data.config import DataConfig
+from abaw.errors import AbawError
 
 _SIDES = ("_left", "_right")
 
 
-class ReleaseError(ValueError):
+class ReleaseError(ValueError, AbawError):
     """A release file (test list, sample file) that cannot be read; the message names file and line."""
 
 

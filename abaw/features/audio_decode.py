@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from abaw.errors import AbawError
+
 log = logging.getLogger(__name__)
 
 # Samples of priming a decoder outputs when the container did not say to skip them: MP3 = LAME's
@@ -40,7 +42,7 @@ CODEC_DELAY_SAMPLES = {"mp3": 1105, "mp3float": 1105, "aac": 1024, "aac_fixed": 
 MAX_BAD_PACKET_FRACTION = 0.05
 
 
-class AudioDecodeError(RuntimeError):
+class AudioDecodeError(RuntimeError, AbawError):
     """The audio of ``video_path`` cannot be decoded; ``reason`` says why."""
 
     def __init__(self, video_path: str | Path, reason: str):

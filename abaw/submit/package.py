@@ -17,6 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from abaw.errors import AbawError
 from abaw.utils import atomic_path, atomic_write_text, file_lock
 
 INDEX = "index.csv"
@@ -25,7 +26,7 @@ INDEX_FIELDS = ["name", "time", "runs", "val_p_va", "test_p_va", "test_ccc_v", "
                 "zip"]  # fmt: skip
 
 
-class SubmissionExistsError(FileExistsError):
+class SubmissionExistsError(FileExistsError, AbawError):
     """A submission of that name exists already; names are never reused."""
 
 

@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from abaw.errors import AbawError
+
 HEADER = "image_location,valence,arousal"
 
 
-class ScoreError(ValueError):
+class ScoreError(ValueError, AbawError):
     """A prediction file or truth folder that cannot be scored (names the file/video and the problem)."""
 
 

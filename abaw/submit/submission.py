@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 
 from abaw.config import Config, save_config, to_dict
+from abaw.errors import AbawError
 from abaw.submit.config import check_name
 from abaw.submit.package import (
     discard,
@@ -38,7 +39,7 @@ from abaw.utils import atomic_write_json, code_version, file_digest
 log = logging.getLogger(__name__)
 
 
-class SubmissionError(RuntimeError):
+class SubmissionError(RuntimeError, AbawError):
     """The submission cannot be made; the message says why and what to do."""
 
 

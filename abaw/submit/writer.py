@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from abaw.errors import AbawError
 from abaw.submit.config import float_decimals
 from abaw.utils import atomic_path, file_digest
 
@@ -26,7 +27,7 @@ HEADER = "image_location,valence,arousal"
 _BAD_NAME = re.compile(r'[,/\\"\r\n]|^\s|\s$')
 
 
-class SubmissionWriteError(ValueError):
+class SubmissionWriteError(ValueError, AbawError):
     """Predictions that cannot be written as asked (names the video and what is wrong)."""
 
 

@@ -16,6 +16,12 @@ from typing import Protocol
 
 import numpy as np
 
+from abaw.errors import AbawError
+
+
+class MissingFeaturesError(FileNotFoundError, AbawError):
+    """A subject the feature cache does not hold (features not extracted): a user's setup problem."""
+
 
 class Cache(Protocol):
     """What training needs of ``abaw.features.cache.FeatureCache``."""
@@ -169,7 +175,7 @@ def open_subject(subject: str, n_frames: int, audio_cache: Cache, visual_cache: 
             feats, mask = cache.load(subject, mmap=True)
         except (KeyError, FileNotFoundError) as e:
             # A missing subject is a setup problem (features not extracted), not a lookup bug.
-            raise FileNotFoundError(f"{where}: no features for subject {subject!r} "
+            raise MissingFeaturesError(f"{where}: no features for subject {subject!r} "
                                     f"({e.args[0] if e.args else e}); run `abaw features`") from e
         if len(feats) != n_frames or len(mask) != n_frames:
             raise ValueError(f"{where}: subject {subject!r} has {len(feats)} feature rows and "

@@ -19,8 +19,10 @@ class TuneConfig:
     pruner_warmup_epochs: int = 2  # epochs reported before the median pruner may prune
     pruner_startup_trials: int = 3  # trials completed before pruning starts
     max_epochs: int = 0  # epochs per trial; 0 = train.max_epochs
-    heartbeat_s: int = 30  # RDB storages: a RUNNING trial without a heartbeat for 2x this is failed
-    export_dir: str = "configs/tuned"  # best trial exported as <export_dir>/<study>.yaml
+    heartbeat_s: int = 30  # RDB storages: a RUNNING trial without a heartbeat for 2x this is failed by any worker
+    # The best trial goes next to the study: <release cache>/studies/<study>/best.yaml (never into the
+    # repository); set export_dir to write <export_dir>/<study>.yaml instead.
+    export_dir: str = ""
 
     def validate(self) -> None:
         if self.sampler not in ("tpe", "random"):

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import math
 
+import optuna
 import pytorch_lightning as pl
 
 
 class OptunaPruning(pl.Callback):
     """Reports ``monitor`` after every validation epoch; stops the trainer when the trial should prune.
 
-    The objective raises ``optuna.TrialPruned`` after ``fit`` returns when ``pruned`` is set, so the trial
-    ends as PRUNED (raising inside the Lightning loop would be wrapped and lose the checkpoint logic).
+    Pruning stops the trainer; when training then ends (checkpoints written by the loop as usual) the
+    callback raises ``optuna.TrialPruned``, which Lightning re-raises from ``fit``: ``train`` does not go
+    on to the post-training report (best-checkpoint validation, plots) for a trial that is thrown away,
+    and the trial ends as PRUNED.
     """
 
     def __init__(self, trial, monitor: str = "val/p_va") -> None:
@@ -40,3 +43,7 @@ class OptunaPruning(pl.Callback):
         if self.trial.should_prune():
             self.pruned = True
             trainer.should_stop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.pruned:
+            raise optuna.TrialPruned(f"pruned after {self.reported_epochs} validation epochs")
