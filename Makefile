@@ -16,7 +16,7 @@ K ?= 5
 COMMON := -c $(CONFIG) $(if $(DATA),--data $(DATA),)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data features train folds predict tune submit demo test lint bench clean-demo
+.PHONY: help install data finetune features train folds predict tune submit demo test lint bench clean-demo
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,7 +32,10 @@ data: $(STAMP) ## index the release (writes the demo release first when DATA is 
 	$(if $(DATA),,$(ABAW) synth $(COMMON))
 	$(ABAW) data $(COMMON) $(ARGS)
 
-features: data ## extract cached visual and audio features
+finetune: data ## fine-tune the visual backbone on training face crops (when features.visual.finetuned is set)
+	$(ABAW) finetune $(COMMON) $(ARGS) $(call flags,finetune)
+
+features: finetune ## extract cached visual and audio features
 	$(ABAW) features $(COMMON) $(ARGS)
 
 train: features ## train the configured fusion model
