@@ -328,3 +328,15 @@ def test_release_of_other_face_cues_is_not_reused(tmp_path):
     assert synth._is_complete(out, 0, 1.0, "shape") and not synth._is_complete(out, 0, 1.0, "shape+colour")
     with pytest.raises(ValueError, match="face_cues"):
         synth.generate(tmp_path / "x", scale=0.05, face_cues="colour")
+
+
+def test_shipped_configs_ask_for_finetuning():
+    from abaw.config import load_config
+    from abaw.features.registry import VISUAL_PRESETS
+
+    real = load_config("configs/default.yaml")
+    assert real.features.visual.finetuned and real.features.visual.pretrained
+    assert real.features.visual.preset in VISUAL_PRESETS and "mae" in real.features.visual.preset
+    demo = load_config("configs/demo.yaml")
+    assert demo.features.visual.finetuned == "demo" and demo.synth.face_cues == "shape"
+    assert demo.features.visual.allow_random and not demo.features.visual.pretrained
