@@ -148,7 +148,8 @@ def load_backbone(spec: VisualSpec) -> torch.nn.Module:
     kwargs = dict(num_classes=0, **spec.kwargs)
     if spec.weights == "finetuned":
         # A state dict `abaw finetune` saved from this very architecture: every tensor must match.
-        model = timm.create_model(spec.model, pretrained=False, **kwargs)
+        with _BUILD_LOCK, torch.random.fork_rng(devices=[]):  # its init is overwritten: spare the RNG
+            model = timm.create_model(spec.model, pretrained=False, **kwargs)
         try:
             model.load_state_dict(torch.load(spec.weights_file, map_location="cpu", weights_only=True))
         except (OSError, RuntimeError) as e:

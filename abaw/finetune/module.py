@@ -56,7 +56,6 @@ class FinetuneModule(pl.LightningModule):
         self.groups = layer_groups(net.backbone)
         self.best = -math.inf
         self.history: list[dict] = []
-        self.bad_frames = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

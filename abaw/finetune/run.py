@@ -195,13 +195,15 @@ def finetune(cfg: Config, callbacks=()) -> tuple[dict, dict[str, Path]]:
         raise FinetuneError(f"{out}: no best.ckpt was written ({monitor} never finite?); see metrics.csv")
     best = torch.load(best_path, map_location="cpu", weights_only=False)
     lit.load_state_dict(best["state_dict"])
-    lit.net.to(torch.device("cpu")).eval()
-
-    pred, gold, pos = _predict(lit, dm)
+    device = trainer.strategy.root_device
+    lit.to(device).eval()
+    pred, gold, pos = _predict(lit, dm, device)
+    lit.cpu()
     metrics = _score(pred, gold)
     metrics.update(best_epoch=int(best["epoch"]), epochs=int(trainer.current_epoch))
     _plot(out / "val_plot.png", val_t, pred, gold, pos, ft.plot_subjects)
-    _export(out, lit.net.backbone, spec, ident_hash, metrics)
+    _export(out, lit.net.backbone, spec, ident_hash, metrics,
+            {"mode": split.mode, "folds": split.folds, "fold": split.fold, "seed": split.seed})
     summary = {
         "finetune": out.name, "metrics": metrics, "identity_hash": ident_hash,
         "resumed_from": str(resume_from) if resume_from else None,
@@ -217,13 +219,14 @@ def finetune(cfg: Config, callbacks=()) -> tuple[dict, dict[str, Path]]:
     return metrics, artifact_paths(out)
 
 
-def _predict(lit, dm):
+def _predict(lit, dm, device):
+    """Predictions of the (best) network on every validation frame, in fp32."""
     import torch
 
     parts = []
     with torch.inference_mode():
         for x, y, g in dm.val_dataloader():
-            parts.append((lit(x).float().numpy(), y.numpy(), g.numpy()))
+            parts.append((lit(x.to(device)).float().cpu().numpy(), y.numpy(), g.numpy()))
     return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
 
 
@@ -252,7 +255,7 @@ def _plot(path: Path, table, pred, gold, pos, n: int) -> None:
         plot_validation(path, items)
 
 
-def _export(out: Path, backbone, spec, ident_hash: str, metrics: dict) -> None:
+def _export(out: Path, backbone, spec, ident_hash: str, metrics: dict, split: dict) -> None:
     """backbone.pth (the best checkpoint's backbone, timm names) then backbone.json (written last)."""
     import torch
 
@@ -263,7 +266,8 @@ def _export(out: Path, backbone, spec, ident_hash: str, metrics: dict) -> None:
         "model": spec.model, "input_size": list(spec.input_size), "create_kwargs": dict(spec.create_kwargs),
         "mean": list(spec.mean), "std": list(spec.std), "interpolation": spec.interpolation,
         "init_weights": spec.weights_id, "sha256": file_digest(out / FINETUNED_WEIGHTS),
-        "identity_hash": ident_hash, "val": metrics,
+        # The split it trained on: a fusion run of another split or fold must not use these features.
+        "identity_hash": ident_hash, "val": metrics, "split": split,
     })
 
 
