@@ -24,7 +24,7 @@ ARGS_FLAGS := $(strip $(foreach w,$(ARGS),$(if $(findstring =,$(w)),,$(w))))
 $(if $(ARGS_FLAGS),$(error ARGS takes key=value config overrides only, found "$(ARGS_FLAGS)"; stage flags go in FLAGS, e.g. make tune FLAGS=--report))
 
 .DEFAULT_GOAL := help
-.PHONY: help install data features train folds predict tune submit demo test lint bench clean-demo
+.PHONY: help install data finetune features train folds predict tune submit demo test lint bench clean-demo
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,7 +40,10 @@ data: $(STAMP) ## index the release (writes the demo release first when DATA is 
 	$(if $(DATA),,$(ABAW) synth $(COMMON))
 	$(ABAW) data $(COMMON) $(ARGS) $(call flags,data)
 
-features: data ## extract cached visual and audio features
+finetune: data ## fine-tune the visual backbone on training face crops (when features.visual.finetuned is set)
+	$(ABAW) finetune $(COMMON) $(ARGS) $(call flags,finetune)
+
+features: finetune ## extract cached visual and audio features
 	$(ABAW) features $(COMMON) $(ARGS) $(call flags,features)
 
 train: features ## train the configured fusion model

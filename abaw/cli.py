@@ -19,6 +19,7 @@ from abaw.errors import AbawError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "synth": ("abaw.synth.generate", "cli_synth", "write a synthetic release in the Aff-Wild2 layout"),
     "data": ("abaw.data.index", "cli_data", "index a release and print its summary and traps"),
+    "finetune": ("abaw.finetune.run", "cli_finetune", "fine-tune the visual backbone on training face crops"),
     "features": ("abaw.features.extract", "cli_features", "extract cached visual and audio features"),
     "train": ("abaw.training.train", "cli_train", "train a fusion model on cached features"),
     "tune": ("abaw.tuning.study", "cli_tune", "run or report an Optuna study"),

@@ -22,6 +22,7 @@ import yaml
 from abaw.data.config import DataConfig
 from abaw.errors import AbawError
 from abaw.features.config import FeaturesConfig
+from abaw.finetune.config import FinetuneConfig
 from abaw.metrics.config import PostprocessConfig
 from abaw.models.config import ModelConfig
 from abaw.submit.config import SubmitConfig
@@ -46,6 +47,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)

@@ -440,7 +440,8 @@ def test_random_weights_refused_unless_allowed(hand, tmp_path, capsys):
 
 
 def test_pretrained_names_the_hub_weights_without_loading():
-    cfg = load_config("configs/default.yaml")
+    # default.yaml's own backbone is fine-tuned first (features.visual.finetuned); here: its hub weights.
+    cfg = load_config("configs/default.yaml", ["features.visual.preset=resnet18", "features.visual.finetuned="])
     from abaw.features.registry import visual_settings
 
     settings = visual_settings(cfg.features.visual)

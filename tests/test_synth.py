@@ -369,7 +369,7 @@ def test_a_killed_run_leaves_no_half_release(tmp_path, monkeypatch):
     out = tmp_path / "rel"
     (tmp_path / ".rel.tmp-99999").mkdir()  # debris of a run killed earlier
 
-    def killed_midway(videos, root, workers):
+    def killed_midway(videos, root, workers, *settings):
         (root / "cropped_aligned").mkdir()
         raise KeyboardInterrupt
 

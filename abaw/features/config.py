@@ -13,6 +13,9 @@ class VisualBackboneConfig:
     weights: str = ""  # local checkpoint file; empty = preset's source
     pretrained: bool = False  # allow fetching weights from the hub (only when online)
     allow_random: bool = False  # random initialisation; only when asked (tests, demo)
+    # A fine-tuning to extract from: a name under <release cache>/finetune/ (written by `abaw finetune`,
+    # which trains it from the weights above) or the path of such a folder. Empty = the weights as they are.
+    finetuned: str = ""
     img_size: int = 0  # 0 = the model's own data config
     tta_flip: bool = False  # average with the horizontally flipped crop
     fill: str = "previous"  # missing crops: previous | next | nearest | zeros

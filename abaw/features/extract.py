@@ -49,7 +49,8 @@ def _audio_module():
 def feature_settings(cfg: Config, kind: str) -> tuple[str, dict[str, Any]]:
     """(backbone name, settings that decide the features) for ``kind`` in {'visual', 'audio'}."""
     if kind == "visual":
-        return resolve_visual(cfg.features.visual).name, visual_settings(cfg.features.visual)
+        vcfg, rc = cfg.features.visual, cfg.release_cache
+        return resolve_visual(vcfg, rc).name, visual_settings(vcfg, rc)
     if kind == "audio":
         acfg = cfg.features.audio
         settings = dict(_audio_module().audio_settings(acfg))
@@ -331,7 +332,7 @@ def _extract_visual(cfg: Config, jobs: list[Job], cache: FeatureCache, report: E
     if not pending:
         return
     _drop_manifest(cache)  # from here on the cache is not complete until this run says so again
-    ext = VisualExtractor(vcfg, resolve_device(cfg.features.device))
+    ext = VisualExtractor(vcfg, resolve_device(cfg.features.device), release_cache=cfg.release_cache)
     if cache.dim not in (None, ext.dim):
         raise CacheError(f"{cache.path} holds features of width {cache.dim}, the backbone gives {ext.dim}")
 

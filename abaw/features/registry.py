@@ -39,6 +39,16 @@ class WeightsError(AbawError, ValueError):
     """A backbone without usable weights (missing file, random weights not allowed, hub unreachable)."""
 
 
+class FinetunedError(WeightsError, AbawError):
+    """``features.visual.finetuned`` names a fine-tuning that is missing, unfinished or of another backbone."""
+
+
+# What `abaw finetune` leaves in its folder for `features`: the fine-tuned backbone's state dict and a
+# record of how it was built (timm name, input size); the record is written last.
+FINETUNED_WEIGHTS = "backbone.pth"
+FINETUNED_RECORD = "backbone.json"
+
+
 @dataclass(frozen=True)
 class VisualPreset:
     """A timm backbone and how its input is prepared: everything here changes the features."""
@@ -65,6 +75,21 @@ VISUAL_PRESETS: dict[str, VisualPreset] = {
     # convert their checkpoint to a state dict and point `weights:` at it (ImageNet weights also load).
     "efficientnet_b0": VisualPreset(
         "efficientnet_b0.ra_in1k", 224, "face weights: HSEmotion enet_b0 state dict via weights=FILE"
+    ),
+    # The backbones ABAW's placing teams fine-tuned, at the resolution their weights were trained at.
+    # OpenAI CLIP ViT-B/16 image tower (CLIP mean/std), loadable with pretrained=true when online.
+    "clip_vit_b16": VisualPreset(
+        "vit_base_patch16_clip_224.openai", 224, "CLIP weights: pretrained=true (hub) or a local file"
+    ),
+    # MAE-pretrained ViT-B/16 (ABAW6 1st and 3rd place fine-tuned MAE ViTs, the 1st on face data).
+    "mae_vit_b16": VisualPreset(
+        "vit_base_patch16_224.mae",
+        224,
+        "MAE weights: pretrained=true (hub), or a face-MAE state dict via weights=FILE",
+    ),
+    # DINOv2 ViT-S/14 at 224 px (16 x 16 patches; timm resamples its 518 px position embeddings).
+    "dinov2_vit_s14": VisualPreset(
+        "vit_small_patch14_dinov2.lvd142m", 224, "DINOv2 weights: pretrained=true (hub) or a local file"
     ),
 }
 
@@ -140,12 +165,63 @@ def _pretrained_cfg(model: str) -> dict[str, Any]:
     return pcfg.to_dict() if pcfg is not None else {"input_size": (3, 224, 224)}
 
 
-def resolve_visual(vcfg: VisualBackboneConfig) -> VisualSpec:
+def finetuned_dir(vcfg: VisualBackboneConfig, release_cache: str | os.PathLike | None = None) -> Path | None:
+    """The folder ``features.visual.finetuned`` names (None when it is empty): a path as given, or a name
+    under ``<release_cache>/finetune/``."""
+    ref = vcfg.finetuned
+    if not ref:
+        return None
+    if os.sep in ref or ref.startswith((".", "~")):
+        return Path(ref).expanduser().resolve()
+    if release_cache is None:
+        raise FinetunedError(
+            f"features.visual.finetuned={ref!r} is a name; resolving it needs the release's cache folder"
+        )
+    return Path(release_cache) / "finetune" / ref
+
+
+def _apply_finetuned(spec: VisualSpec, folder: Path) -> VisualSpec:
+    """The spec with the fine-tuned weights of ``folder``; the record decides the network's input."""
+    import dataclasses
+    import json
+
+    record, weights = folder / FINETUNED_RECORD, folder / FINETUNED_WEIGHTS
+    if not (record.is_file() and weights.is_file()):
+        raise FinetunedError(
+            f"features.visual.finetuned: {folder} holds no finished fine-tuning ({FINETUNED_RECORD} and "
+            f"{FINETUNED_WEIGHTS} missing): run `abaw finetune` (make finetune) with this config first"
+        )
+    rec = json.loads(record.read_text())
+    if rec["model"] != spec.model:
+        raise FinetunedError(
+            f"features.visual.finetuned: {folder} fine-tuned {rec['model']!r}, but features.visual asks for "
+            f"{spec.model!r}; set the same preset/model as the fine-tuning"
+        )
+    return dataclasses.replace(
+        spec,
+        input_size=tuple(rec["input_size"]),
+        create_kwargs=tuple(sorted(rec["create_kwargs"].items())),
+        weights="finetuned",
+        weights_file=str(weights),
+        # The digest of the fine-tuned weights: features of two fine-tunings never share a cache.
+        weights_id=f"finetuned:{weights_digest(weights)}",
+    )
+
+
+def resolve_visual(vcfg: VisualBackboneConfig, release_cache: str | os.PathLike | None = None) -> VisualSpec:
     """Merge preset and overrides, check the weights source, and resolve the preprocessing.
 
-    Weights, in order: a local file (``weights``), the hub (``pretrained: true``), random initialisation
-    (only with ``allow_random: true``). Anything else is an error that says how to provide weights.
+    Weights, in order: a fine-tuning (``finetuned``: its folder under ``release_cache``, or a path), a
+    local file (``weights``), the hub (``pretrained: true``), random initialisation (only with
+    ``allow_random: true``). Anything else is an error that says how to provide weights.
     """
+    folder = finetuned_dir(vcfg, release_cache)
+    if folder is not None:
+        import dataclasses
+
+        # The initial weights were the fine-tuning's business: only the architecture is resolved here.
+        base = dataclasses.replace(vcfg, finetuned="", weights="", pretrained=False, allow_random=True)
+        return _apply_finetuned(resolve_visual(base), folder)
     preset = None
     if vcfg.preset:
         if vcfg.preset not in VISUAL_PRESETS:
@@ -213,9 +289,10 @@ def resolve_visual(vcfg: VisualBackboneConfig) -> VisualSpec:
     )
 
 
-def visual_settings(vcfg: VisualBackboneConfig) -> dict[str, Any]:
-    """Everything that changes the visual features, as a plain dict (the cache key is its hash)."""
-    spec = resolve_visual(vcfg)
+def visual_settings(vcfg: VisualBackboneConfig, release_cache: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Everything that changes the visual features, as a plain dict (the cache key is its hash); with
+    ``finetuned`` set, ``weights_id`` is the fine-tuned checkpoint's digest."""
+    spec = resolve_visual(vcfg, release_cache)
     d = asdict(spec)
     for k in ("name", "weights_file", "note", "create_kwargs"):
         d.pop(k)  # the file's digest identifies the weights; its path does not

@@ -146,6 +146,15 @@ def load_backbone(spec: VisualSpec) -> torch.nn.Module:
     import timm
 
     kwargs = dict(num_classes=0, **spec.kwargs)
+    if spec.weights == "finetuned":
+        # A state dict `abaw finetune` saved from this very architecture: every tensor must match.
+        with _BUILD_LOCK, torch.random.fork_rng(devices=[]):  # its init is overwritten: spare the RNG
+            model = timm.create_model(spec.model, pretrained=False, **kwargs)
+        try:
+            model.load_state_dict(torch.load(spec.weights_file, map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError) as e:
+            raise WeightsError(f"features.visual.finetuned: cannot load {spec.weights_file}: {e}") from e
+        return model
     if spec.weights == "random":
         # allow_random: seeded so shards and reruns agree, without touching the global RNG.
         with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
@@ -191,11 +200,11 @@ def load_backbone(spec: VisualSpec) -> torch.nn.Module:
 class VisualExtractor:
     """A backbone on a device, in eval mode; ``embed(batch)`` returns float32 features [B, D]."""
 
-    def __init__(self, vcfg: VisualBackboneConfig, device: str | torch.device = "cpu"):
+    def __init__(self, vcfg: VisualBackboneConfig, device: str | torch.device = "cpu", release_cache=None):
         import timm
 
         self.cfg = vcfg
-        self.spec = resolve_visual(vcfg)
+        self.spec = resolve_visual(vcfg, release_cache)
         self.device = resolve_device(str(device))
         self.model = load_backbone(self.spec).eval().to(self.device)
         self.channels_last = bool(vcfg.channels_last)

@@ -9,3 +9,4 @@ from dataclasses import dataclass
 class SynthConfig:
     seed: int = 0
     scale: float = 1.0  # multiplies subject count and lengths (benchmarks use 10-100)
+    face_cues: str = "shape+colour"  # what the face shows of valence: "shape+colour" | "shape" (mouth, brows)

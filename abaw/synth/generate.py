@@ -115,7 +115,7 @@ def _make_audio(plan: VideoPlan, decoded: np.ndarray) -> np.ndarray | None:
     return np.clip(x, -1, 1).astype(np.float32)
 
 
-def _make_video(plan: VideoPlan, root: str) -> dict:
+def _make_video(plan: VideoPlan, root: str, face_cues: str = "shape+colour") -> dict:
     """Write the raw video, every person's crops, and labels (or hidden test labels). Returns the facts
     traps.json records, measured from the written files."""
     root = Path(root)
@@ -143,7 +143,9 @@ def _make_video(plan: VideoPlan, root: str) -> dict:
             for k, person in enumerate(plan.persons):
                 rng = np.random.default_rng([person.seed, b0])
                 val = person.emotion.valence(times[b0:b1])
-                faces = media.render_faces(person.appearance, val, presents[k][b0:b1], modes[k][b0:b1], rng)
+                faces = media.render_faces(
+                    person.appearance, val, presents[k][b0:b1], modes[k][b0:b1], rng, face_cues
+                )
                 x, y = slots[k]
                 frame[:, y : y + media.CROP, x : x + media.CROP] = faces
                 for i in range(b0, min(b1, n_axes[k])):
@@ -204,26 +206,36 @@ def _make_video(plan: VideoPlan, root: str) -> dict:
 
 
 # ---- the release ------------------------------------------------------------------------------------
-def _is_complete(out: Path, seed: int, scale: float) -> bool:
+def _is_complete(out: Path, seed: int, scale: float, face_cues: str = "shape+colour") -> bool:
     try:
         meta = json.loads((out / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return meta.get("seed") == seed and meta.get("scale") == scale and meta.get("version") == VERSION
+    # A release written before face_cues was recorded carried the colour cue.
+    return (meta.get("seed") == seed and meta.get("scale") == scale and meta.get("version") == VERSION
+            and meta.get("face_cues", "shape+colour") == face_cues)
 
 
 def generate(
-    out: Path, seed: int = 0, scale: float = 1.0, force: bool = False, workers: int | None = None
+    out: Path,
+    seed: int = 0,
+    scale: float = 1.0,
+    force: bool = False,
+    workers: int | None = None,
+    face_cues: str = "shape+colour",
 ) -> Path:
     """Write a synthetic release into ``out`` (see the module docstring) and return ``out``.
 
     Same seed and scale give identical labels, lists and pixels. A complete release of the same seed,
-    scale and generator version is kept unless ``force``. The release is built in a sibling folder and
+    scale, ``face_cues`` and generator version is kept unless ``force``; one made with other settings is
+    regenerated. The release is built in a sibling folder and
     renamed into place, so an interrupted run never leaves a half release behind.
     """
     out = Path(out).expanduser().resolve()
     with file_lock(out.parent / f".{out.name}.lock"):
-        if not force and _is_complete(out, seed, scale):
+        if face_cues not in media.FACE_CUES:
+            raise ValueError(f"synth.face_cues: {face_cues!r} is not one of {media.FACE_CUES}")
+        if not force and _is_complete(out, seed, scale, face_cues):
             log.info("%s already holds the seed=%s scale=%s release", out, seed, scale)
             return out
         if out.exists() and any(out.iterdir()) and not (out / MARKER).exists() and not force:
@@ -239,13 +251,14 @@ def generate(
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
         tmp.mkdir(parents=True)
         try:
-            subjects = _write_media(videos, tmp, workers)
+            subjects = _write_media(videos, tmp, workers, face_cues)
             _write_lists(videos, tmp)
             atomic_write_json(
                 tmp / MARKER,
                 {
                     "seed": seed,
                     "scale": scale,
+                    "face_cues": face_cues,
                     "version": VERSION,
                     "subjects": subjects,
                     "traps": [t.__dict__ for t in traps],
@@ -262,7 +275,7 @@ def generate(
     return out
 
 
-def _write_media(videos: list[VideoPlan], root: Path, workers: int | None) -> dict:
+def _write_media(videos: list[VideoPlan], root: Path, workers: int | None, face_cues: str) -> dict:
     total = sum(len(v.pts) * len(v.persons) for v in videos)
     if workers is None:
         workers = 1 if total < 6000 else min(len(videos), os.cpu_count() or 1, 4)
@@ -270,13 +283,13 @@ def _write_media(videos: list[VideoPlan], root: Path, workers: int | None) -> di
     facts: dict = {}
     if workers <= 1:
         for v in order:
-            facts.update(_make_video(v, str(root)))
+            facts.update(_make_video(v, str(root), face_cues))
     else:
         import multiprocessing as mp
 
         # spawn, not fork: the caller may hold threads (torch, pytest plugins) that fork would copy mid-lock.
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            for f in [pool.submit(_make_video, v, str(root)) for v in order]:
+            for f in [pool.submit(_make_video, v, str(root), face_cues) for v in order]:
                 facts.update(f.result())
     return {k: facts[k] for k in sorted(facts)}
 
@@ -297,15 +310,16 @@ def cli_synth(cfg, args) -> int:
     seed = args.seed if getattr(args, "seed", None) is not None else cfg.synth.seed
     scale = args.scale if getattr(args, "scale", None) is not None else cfg.synth.scale
     force = bool(getattr(args, "force", False))
-    reused = not force and _is_complete(Path(out).expanduser().resolve(), seed, scale)
+    cues = cfg.synth.face_cues
+    reused = not force and _is_complete(Path(out).expanduser().resolve(), seed, scale, cues)
     t0 = time.perf_counter()
-    generate(out, seed=seed, scale=scale, force=force)
+    generate(out, seed=seed, scale=scale, force=force, face_cues=cues)
     meta = json.loads((out / MARKER).read_text())
     subs = meta["subjects"].values()
     counts = {s: sum(1 for x in subs if x["split"] == s) for s in ("train", "val", "test")}
     frames = sum(x["label_rows"] or x["sample_rows"] for x in subs)
     print(
-        f"synthetic release (seed {seed}, scale {scale}) at {out}\n"
+        f"synthetic release (seed {seed}, scale {scale}, face cues {cues}) at {out}\n"
         f"  subjects: {counts['train']} train, {counts['val']} val, {counts['test']} test; {frames} frames\n"
         f"  traps: {', '.join(sorted({t['kind'] for t in meta['traps']}))}\n"
         + (

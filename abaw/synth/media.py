@@ -1,5 +1,5 @@
-"""Pictures and containers for the synthetic release: a cartoon face whose mouth, brows and skin colour
-show valence, and real .mp4/.avi files written (and read back) with PyAV.
+"""Pictures and containers for the synthetic release: a cartoon face whose mouth and brows (and, unless
+``face_cues="shape"``, skin colour) show valence, and real .mp4/.avi files written (and read back) with PyAV.
 
 The face cue is deliberately large and high-contrast: the demo embeds crops with a random-weight
 ResNet, so subtle cues would not survive. Arousal is not drawn.
@@ -71,6 +71,19 @@ MOUTH_BEND = 0.36  # vertical bend of the mouth at |valence| = 1, in head radii
 # does (leave-one-subject-out ridge on random ResNet-18 features: CCC ~0.25 without, ~0.8 with).
 BLUSH = (28, -8, -8)
 PALLOR = (10, -4, -14)
+# What the face carries (``synth.face_cues``): "shape+colour" adds the skin shift above; "shape" draws
+# only mouth, brows and eyes, the case where a frozen random backbone fails and fine-tuning must help.
+FACE_CUES = ("shape+colour", "shape")
+
+
+def skin_tint(valence: np.ndarray, face_cues: str) -> np.ndarray:
+    """float32 [n, 1, 1, 3]: the RGB shift added to every skin pixel of each frame (zeros for "shape")."""
+    if face_cues not in FACE_CUES:
+        raise ValueError(f"face_cues {face_cues!r} is not one of {FACE_CUES}")
+    v = valence.astype(np.float32).reshape(-1, 1, 1, 1)
+    if face_cues == "shape":
+        return np.zeros((len(v), 1, 1, 3), np.float32)
+    return np.maximum(v, 0) * np.float32(BLUSH) + np.maximum(-v, 0) * np.float32(PALLOR)
 
 
 def _canvas(app: Appearance) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -93,10 +106,16 @@ def _canvas(app: Appearance) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 
 def render_faces(
-    app: Appearance, valence: np.ndarray, present: np.ndarray, mode: np.ndarray, rng: np.random.Generator
+    app: Appearance,
+    valence: np.ndarray,
+    present: np.ndarray,
+    mode: np.ndarray,
+    rng: np.random.Generator,
+    face_cues: str = "shape+colour",
 ) -> np.ndarray:
     """uint8 [n, CROP, CROP, 3]: one face per frame showing ``valence``; background only where not
-    ``present``; ``mode`` OCCLUDE/BLUR hides the face. Deterministic for a given ``rng`` state.
+    ``present``; ``mode`` OCCLUDE/BLUR hides the face; ``face_cues`` (FACE_CUES) says whether the skin
+    colour shifts with valence. Deterministic for a given ``rng`` state.
 
     Head, hair and eyes are a static canvas; only brows and mouth are drawn per frame (in the window
     that holds them), then each frame is cut from the canvas at its own small offset (head sway).
@@ -126,8 +145,7 @@ def render_faces(
         idx = np.arange(c_start, min(n, c_start + 64))
         v = valence[idx].astype(np.float32)[:, None, None]
         canvas = np.where(present[idx][:, None, None, None], face[None], bg[None])
-        v4 = v[..., None]
-        tint = np.maximum(v4, 0) * np.float32(BLUSH) + np.maximum(-v4, 0) * np.float32(PALLOR)
+        tint = skin_tint(valence[idx], face_cues)
         canvas += (skin[None, ..., None] & present[idx][:, None, None, None]) * tint
         win = canvas[:, r0:r1, c0:c1]
         shown = present[idx][:, None, None]
