@@ -378,3 +378,67 @@ def test_a_killed_run_leaves_no_half_release(tmp_path, monkeypatch):
         synth.generate(out, seed=0, scale=TINY)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == [".rel.lock"]
+
+
+# ---- what the face carries ----------------------------------------------------------------------------
+def _face_measures(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per informative labelled crop of ``root``: (valence, subject index, mean intensity of the face, of
+    the mouth region, and a mouth-shape measure: how much lower the mouth's marks sit at its centre than
+    at its corners, in head radii). Regions come from each subject's planned look, wide enough for any
+    head sway."""
+    meta = _meta(root)
+    plans = _plans(meta)
+    out = []
+    for k, (subject, info) in enumerate(meta["subjects"].items()):
+        app = plans[subject][1].appearance
+        yy, xx = np.mgrid[0 : synth.media.CROP, 0 : synth.media.CROP]
+        u, w = (xx - app.cx) / app.radius, (yy - app.cy) / app.radius
+        head = (u / 0.82) ** 2 + (w / 1.02) ** 2 < 0.8
+        mouth = head & (np.abs(u) < 0.55) & (w > 0.1) & (w < 0.95)
+        centre, corner = mouth & (np.abs(u) < 0.15), mouth & (np.abs(u) > 0.3) & (np.abs(u) < 0.45)
+        labels = _read_labels(_label_path(root, subject, info["split"]))
+        ok = _informative(info, len(labels), "face_uninformative_runs")
+        for f in sorted((root / "cropped_aligned" / subject).glob("*.jpg")):
+            i = int(f.stem) - 1
+            if i >= len(labels) or labels[i, 0] == -5 or not ok[i]:
+                continue
+            img = np.asarray(Image.open(f), np.float64)
+            grey = img.mean(-1)
+            skin = np.median(img[mouth], axis=0)
+            marks = np.abs(img - skin).sum(-1) > 45  # lips and the gap, not skin
+            height = [(w[m & marks]).mean() if (m & marks).any() else np.nan for m in (centre, corner)]
+            out.append((labels[i, 0], k, grey[head].mean(), grey[mouth].mean(), height[0] - height[1]))
+    v, s, face, mouth_mean, shape = np.array(out).T
+    return v, s.astype(int), face, mouth_mean, shape
+
+
+@pytest.fixture(scope="module", params=["curve", "shape"])
+def cue_release(request, tmp_path_factory):
+    """(face_cues, a tiny release generated with it)."""
+    root = tmp_path_factory.mktemp(request.param.replace("+", "_")) / "rel"
+    return request.param, synth.generate(root, seed=5, scale=TINY, face_cues=request.param)
+
+
+def test_curve_faces_carry_valence_in_geometry_only(cue_release):
+    """face_cues=curve: neither the face's nor the mouth region's brightness follows valence, while the
+    mouth's curvature does. "shape" keeps a brightness cue (teeth when happy, a dark gap when unhappy,
+    an opening that grows with |valence|): the measure finds it there, which is why "curve" exists.
+
+    Brightness is compared within subjects (z-scored per subject, as the pipeline normalises features per
+    video): across a handful of subjects, skin tone and mean valence correlate by chance."""
+    cues, root = cue_release
+    v, s, face, mouth, shape = _face_measures(root)
+    assert len(v) > 200
+
+    def z(x):
+        return np.concatenate([(x[s == k] - x[s == k].mean()) / (x[s == k].std() + 1e-9) for k in set(s)])
+
+    vz = np.concatenate([v[s == k] for k in set(s)])
+    r_face, r_mouth = np.corrcoef(z(face), vz)[0, 1], np.corrcoef(z(mouth), vz)[0, 1]
+    ok = ~np.isnan(shape)
+    r_shape = np.corrcoef(shape[ok], v[ok])[0, 1]
+    if cues == "curve":
+        assert abs(r_face) < 0.15 and abs(r_mouth) < 0.15, (r_face, r_mouth)
+        assert ok.mean() > 0.95 and r_shape > 0.9, (ok.mean(), r_shape)
+    else:
+        assert r_mouth > 0.5, r_mouth

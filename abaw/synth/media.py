@@ -1,5 +1,8 @@
-"""Pictures and containers for the synthetic release: a cartoon face whose mouth and brows (and, unless
-``face_cues="shape"``, skin colour) show valence, and real .mp4/.avi files written (and read back) with PyAV.
+"""Pictures and containers for the synthetic release: a cartoon face whose mouth and brows (and, with
+``face_cues="shape+colour"``, skin colour) show valence, and real .mp4/.avi files written (and read back)
+with PyAV. With ``face_cues="curve"`` valence is geometry only (mouth curvature, brow tilt, eye shape at
+constant area) and the mouth opens and closes with speech, whatever the valence: no brightness or colour
+of the face, nor of its mouth region, follows valence.
 
 The face cue is deliberately large and high-contrast: the demo embeds crops with a random-weight
 ResNet, so subtle cues would not survive. Arousal is not drawn.
@@ -71,9 +74,29 @@ MOUTH_BEND = 0.36  # vertical bend of the mouth at |valence| = 1, in head radii
 # does (leave-one-subject-out ridge on random ResNet-18 features: CCC ~0.25 without, ~0.8 with).
 BLUSH = (28, -8, -8)
 PALLOR = (10, -4, -14)
-# What the face carries (``synth.face_cues``): "shape+colour" adds the skin shift above; "shape" draws
-# only mouth, brows and eyes, the case where a frozen random backbone fails and fine-tuning must help.
-FACE_CUES = ("shape+colour", "shape")
+# What the face carries (``synth.face_cues``): "shape+colour" adds the skin shift above; "shape" drops it
+# but its mouth still opens with |valence|, white teeth when happy and a dark gap when unhappy (a large
+# brightness pattern: frozen random features still reach visual-only CCC_v ~0.9 on it); "curve" is
+# geometry only -- mouth corners up/down about a fixed mean height, brow tilt, eye shape at constant area --
+# with the opening driven by speech (``mouth_opening``), the case where a frozen random backbone fails
+# and fine-tuning must help.
+FACE_CUES = ("shape+colour", "shape", "curve")
+EYE_SQUINT = 0.3  # eye half-width grows by this fraction per unit of valence, half-height shrinks (area fixed)
+MAX_OPENING = 0.16  # mouth opening while speaking, in head radii
+
+
+def mouth_opening(seed: int, t: np.ndarray) -> np.ndarray:
+    """float32 [len(t)]: how far the mouth is open (head radii) at container times ``t`` for one person:
+    syllable-rate opening and closing (3-6 Hz) in talk spurts of a few seconds, a deterministic function
+    of (seed, t) so that frames rendered in separate blocks join up. It knows nothing of valence."""
+    rng = np.random.default_rng([int(seed), 31])
+    t = np.asarray(t, np.float64)
+    f = rng.uniform(3, 6, 3)
+    ph = rng.uniform(0, 2 * np.pi, 3)
+    syl = np.maximum(0, np.sin(2 * np.pi * f[:, None] * t[None] + ph[:, None]).mean(0) * 1.4)
+    f_talk, ph_talk = rng.uniform(0.1, 0.3), rng.uniform(0, 2 * np.pi)
+    talking = np.clip(np.sin(2 * np.pi * f_talk * t + ph_talk) * 2 + 0.8, 0, 1)
+    return (np.clip(syl, 0, 1) * talking * MAX_OPENING).astype(np.float32)
 
 
 def skin_tint(valence: np.ndarray, face_cues: str) -> np.ndarray:
@@ -81,14 +104,21 @@ def skin_tint(valence: np.ndarray, face_cues: str) -> np.ndarray:
     if face_cues not in FACE_CUES:
         raise ValueError(f"face_cues {face_cues!r} is not one of {FACE_CUES}")
     v = valence.astype(np.float32).reshape(-1, 1, 1, 1)
-    if face_cues == "shape":
+    if face_cues != "shape+colour":
         return np.zeros((len(v), 1, 1, 3), np.float32)
     return np.maximum(v, 0) * np.float32(BLUSH) + np.maximum(-v, 0) * np.float32(PALLOR)
 
 
-def _canvas(app: Appearance) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(background, static face, u, w): float32 canvases (CROP + 2 PAD square) of what does not change
-    from frame to frame, and the face coordinates (units of the head radius) of every canvas pixel."""
+EYE = (25, 20, 20)
+GAP = (55, 15, 20)  # the dark inside of an open mouth
+
+
+def _canvas(
+    app: Appearance, eyes: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(background, static face, u, w, skin): float32 canvases (CROP + 2 PAD square) of what does not
+    change from frame to frame (eyes too unless not ``eyes``), the face coordinates (units of the head
+    radius) of every canvas pixel and the skin mask."""
     S = CROP + 2 * PAD
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
     g = (yy / S)[..., None]
@@ -100,7 +130,8 @@ def _canvas(app: Appearance) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     skin = (u / 0.82) ** 2 + (w / 1.02) ** 2 < 1
     face[skin] = app.skin
     face[((u / 0.9) ** 2 + ((w + 0.08) / 1.06) ** 2 < 1) & (w < -0.6)] = app.hair
-    face[(au - 0.34) ** 2 + (w + 0.18) ** 2 < 0.11**2] = (25, 20, 20)
+    if eyes:
+        face[(au - 0.34) ** 2 + (w + 0.18) ** 2 < 0.11**2] = EYE
     skin &= np.all(face == np.array(app.skin, np.float32), axis=-1)
     return bg, face, u, w, skin
 
@@ -112,17 +143,23 @@ def render_faces(
     mode: np.ndarray,
     rng: np.random.Generator,
     face_cues: str = "shape+colour",
+    opening: np.ndarray | None = None,
 ) -> np.ndarray:
     """uint8 [n, CROP, CROP, 3]: one face per frame showing ``valence``; background only where not
-    ``present``; ``mode`` OCCLUDE/BLUR hides the face; ``face_cues`` (FACE_CUES) says whether the skin
-    colour shifts with valence. Deterministic for a given ``rng`` state.
+    ``present``; ``mode`` OCCLUDE/BLUR hides the face; ``face_cues`` (FACE_CUES) says what of the face
+    shows valence. ``opening`` (head radii per frame, e.g. ``mouth_opening``; closed when None) is how
+    far the mouth is open under "curve". Deterministic for a given ``rng`` state.
 
-    Head, hair and eyes are a static canvas; only brows and mouth are drawn per frame (in the window
-    that holds them), then each frame is cut from the canvas at its own small offset (head sway).
+    Head and hair (and eyes, except under "curve") are a static canvas; brows and mouth are drawn per
+    frame (in the window that holds them), then each frame is cut from the canvas at its own small
+    offset (head sway).
     """
     n = len(valence)
     S = CROP
-    bg, face, u, w, skin = _canvas(app)
+    curve = face_cues == "curve"
+    if opening is None:
+        opening = np.zeros(n, np.float32)
+    bg, face, u, w, skin = _canvas(app, eyes=not curve)
     # Rows and columns that can hold a brow or the mouth, whatever the valence.
     rows = np.flatnonzero((w[:, 0] > -0.75) & (w[:, 0] < 0.95))
     cols = np.flatnonzero(np.abs(u[0]) < 0.6)
@@ -152,16 +189,19 @@ def render_faces(
         # Brows: negative valence pulls the inner ends down (frown), positive lifts them.
         brow_w = -0.45 - 0.10 * v + 0.6 * v * (auw - 0.35)
         win[shown & (auw > 0.14) & (auw < 0.56) & (np.abs(ww - brow_w) < 0.06)] = (35, 25, 20)
-        # Mouth: ~R wide (over a third of the crop); the corners rise and the centre drops with
-        # valence, and the opening shows teeth when happy, a dark gap when unhappy.
-        w0 = 0.50 - MOUTH_BEND / 3 * v
-        wc = w0 + MOUTH_BEND * v * (1 - cu**2)
-        inside = shown & in_mouth
-        opening = inside & (ww > np.minimum(w0, wc)) & (ww < np.maximum(w0, wc))
-        happy = v > 0
-        win[opening & happy] = (240, 238, 228)
-        win[opening & ~happy] = (55, 15, 20)
-        win[inside & ((np.abs(ww - wc) < 0.07) | (np.abs(ww - w0) < 0.03))] = app.lips
+        if curve:
+            _curve_mouth_and_eyes(win, shown, uw, ww, v, opening[idx], app.lips)
+        else:
+            # Mouth: ~R wide (over a third of the crop); the corners rise and the centre drops with
+            # valence, and the opening shows teeth when happy, a dark gap when unhappy.
+            w0 = 0.50 - MOUTH_BEND / 3 * v
+            wc = w0 + MOUTH_BEND * v * (1 - cu**2)
+            inside = shown & in_mouth
+            gap = inside & (ww > np.minimum(w0, wc)) & (ww < np.maximum(w0, wc))
+            happy = v > 0
+            win[gap & happy] = (240, 238, 228)
+            win[gap & ~happy] = GAP
+            win[inside & ((np.abs(ww - wc) < 0.07) | (np.abs(ww - w0) < 0.03))] = app.lips
         for j in np.flatnonzero(present[idx] & (mode[idx] == OCCLUDE)):
             canvas[j][occluder] = occ_col
         crops = np.stack(
@@ -176,6 +216,25 @@ def render_faces(
     for i in np.flatnonzero((mode == BLUR) & present):
         out[i] = np.asarray(Image.fromarray(out[i]).filter(ImageFilter.GaussianBlur(8)))
     return out
+
+
+def _curve_mouth_and_eyes(win, shown, uw, ww, v, opening, lips) -> None:
+    """Draw the "curve" mouth and eyes into ``win`` (frames x window rows x cols x 3) in place.
+
+    Every mark keeps its pixel count whatever the valence, so only geometry follows it: the mouth's
+    centre line bends (corners up when happy, down when unhappy) about a mean height that does not move,
+    each lip has a fixed vertical thickness, the dark gap between them is ``opening`` tall (tapering to
+    the corners) and the eyes are ellipses of fixed area, wider and flatter when happy.
+    """
+    cu = uw / MOUTH_HALF_WIDTH
+    inside = shown & (np.abs(cu) < 1)
+    wc = 0.50 + MOUTH_BEND * v * (1 / 3 - cu**2)  # mean over the mouth's width: 0.50 at any valence
+    half = (np.asarray(opening, np.float32)[:, None, None] / 2) * np.sqrt(np.clip(1 - cu**2, 0, 1))
+    win[inside & (np.abs(ww - wc) < half)] = GAP
+    win[inside & (np.abs(np.abs(ww - wc) - half - 0.035) < 0.035)] = lips
+    s = 1 + EYE_SQUINT * v
+    eye = ((np.abs(uw) - 0.34) / (0.11 * s)) ** 2 + ((ww + 0.18) / (0.11 / s)) ** 2 < 1
+    win[shown & eye] = EYE
 
 
 def jpeg_bytes(img: np.ndarray, quality: int = 90) -> bytes:
