@@ -81,7 +81,14 @@ PALLOR = (10, -4, -14)
 # with the opening driven by speech (``mouth_opening``), the case where a frozen random backbone fails
 # and fine-tuning must help.
 FACE_CUES = ("shape+colour", "shape", "curve")
-EYE_SQUINT = 0.3  # eye half-width grows by this fraction per unit of valence, half-height shrinks (area fixed)
+# "curve" is subtler than the cartoon levels, as real expressions are: the mouth corners move by
+# CURVE_BEND * 2/3 head radii (~5 px in a 112 px crop) at |valence| = 1, the brows tilt half as much,
+# and the head rolls slowly (HEAD_ROLL degrees, independent of valence), so no fixed edge orientation
+# stands for valence.
+CURVE_BEND = 0.16
+CURVE_BROW = 0.3
+EYE_SQUINT = 0.2  # eye half-width grows by this fraction per unit of valence, half-height shrinks (area fixed)
+HEAD_ROLL = 8.0
 MAX_OPENING = 0.16  # mouth opening while speaking, in head radii
 
 
@@ -97,6 +104,17 @@ def mouth_opening(seed: int, t: np.ndarray) -> np.ndarray:
     f_talk, ph_talk = rng.uniform(0.1, 0.3), rng.uniform(0, 2 * np.pi)
     talking = np.clip(np.sin(2 * np.pi * f_talk * t + ph_talk) * 2 + 0.8, 0, 1)
     return (np.clip(syl, 0, 1) * talking * MAX_OPENING).astype(np.float32)
+
+
+def head_roll(seed: int, t: np.ndarray) -> np.ndarray:
+    """float32 [len(t)]: in-plane head rotation (degrees, within +-HEAD_ROLL) at times ``t`` for one
+    person: a slow sway, a deterministic function of (seed, t), independent of valence."""
+    rng = np.random.default_rng([int(seed), 37])
+    t = np.asarray(t, np.float64)
+    f, ph = rng.uniform(0.05, 0.4, 3), rng.uniform(0, 2 * np.pi, 3)
+    return (HEAD_ROLL * np.sin(2 * np.pi * f[:, None] * t[None] + ph[:, None]).mean(0) * 1.2).clip(
+        -HEAD_ROLL, HEAD_ROLL
+    ).astype(np.float32)
 
 
 def skin_tint(valence: np.ndarray, face_cues: str) -> np.ndarray:
@@ -144,11 +162,13 @@ def render_faces(
     rng: np.random.Generator,
     face_cues: str = "shape+colour",
     opening: np.ndarray | None = None,
+    roll: np.ndarray | None = None,
 ) -> np.ndarray:
     """uint8 [n, CROP, CROP, 3]: one face per frame showing ``valence``; background only where not
     ``present``; ``mode`` OCCLUDE/BLUR hides the face; ``face_cues`` (FACE_CUES) says what of the face
     shows valence. ``opening`` (head radii per frame, e.g. ``mouth_opening``; closed when None) is how
-    far the mouth is open under "curve". Deterministic for a given ``rng`` state.
+    far the mouth is open under "curve", ``roll`` (degrees per frame, e.g. ``head_roll``; upright when
+None) how far the head is rotated in the crop under "curve". Deterministic for a given ``rng`` state.
 
     Head and hair (and eyes, except under "curve") are a static canvas; brows and mouth are drawn per
     frame (in the window that holds them), then each frame is cut from the canvas at its own small
@@ -187,7 +207,7 @@ def render_faces(
         win = canvas[:, r0:r1, c0:c1]
         shown = present[idx][:, None, None]
         # Brows: negative valence pulls the inner ends down (frown), positive lifts them.
-        brow_w = -0.45 - 0.10 * v + 0.6 * v * (auw - 0.35)
+        brow_w = -0.45 - 0.10 * v + (CURVE_BROW if curve else 0.6) * v * (auw - 0.35)
         win[shown & (auw > 0.14) & (auw < 0.56) & (np.abs(ww - brow_w) < 0.06)] = (35, 25, 20)
         if curve:
             _curve_mouth_and_eyes(win, shown, uw, ww, v, opening[idx], app.lips)
@@ -210,6 +230,11 @@ def render_faces(
                 for j, i in enumerate(idx)
             ]
         )
+        if curve and roll is not None:  # aligned crops keep a residual roll; black beyond the frame
+            for j, i in enumerate(idx):
+                if present[i] and roll[i]:
+                    img = Image.fromarray(np.clip(crops[j], 0, 255).astype(np.uint8))
+                    crops[j] = np.asarray(img.rotate(float(roll[i]), Image.BILINEAR), np.float32)
         crops *= shade * gain[idx][:, None, None, None]
         crops += noise[pick[idx]]
         out[idx] = np.clip(crops, 0, 255).astype(np.uint8)
@@ -228,7 +253,7 @@ def _curve_mouth_and_eyes(win, shown, uw, ww, v, opening, lips) -> None:
     """
     cu = uw / MOUTH_HALF_WIDTH
     inside = shown & (np.abs(cu) < 1)
-    wc = 0.50 + MOUTH_BEND * v * (1 / 3 - cu**2)  # mean over the mouth's width: 0.50 at any valence
+    wc = 0.50 + CURVE_BEND * v * (1 / 3 - cu**2)  # mean over the mouth's width: 0.50 at any valence
     half = (np.asarray(opening, np.float32)[:, None, None] / 2) * np.sqrt(np.clip(1 - cu**2, 0, 1))
     win[inside & (np.abs(ww - wc) < half)] = GAP
     win[inside & (np.abs(np.abs(ww - wc) - half - 0.035) < 0.035)] = lips
