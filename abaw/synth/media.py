@@ -1,11 +1,11 @@
 """Pictures and containers for the synthetic release: a cartoon face whose mouth and brows (and, with
 ``face_cues="shape+colour"``, skin colour) show valence, and real .mp4/.avi files written (and read back)
 with PyAV. With ``face_cues="curve"`` valence is geometry only (mouth curvature, brow tilt, eye shape at
-constant area) and the mouth opens and closes with speech, whatever the valence: no brightness or colour
-of the face, nor of its mouth region, follows valence.
+constant area), subtler, under a slow head roll, and the mouth opens and closes with a talking rhythm,
+whatever the valence: no brightness or colour of the face, nor of its mouth region, follows valence.
 
-The face cue is deliberately large and high-contrast: the demo embeds crops with a random-weight
-ResNet, so subtle cues would not survive. Arousal is not drawn.
+The "shape+colour" and "shape" cues are deliberately large and high-contrast, so that crops embedded by
+a random-weight ResNet keep them; "curve" is the case for fine-tuning. Arousal is not drawn.
 """
 
 from __future__ import annotations
