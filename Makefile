@@ -49,8 +49,8 @@ features: finetune ## extract cached visual and audio features
 train: features ## train the configured fusion model
 	$(ABAW) train $(COMMON) $(ARGS) $(call flags,train)
 
-folds: features ## train K folds over train+val by source video (K=5), for an ensemble
-	for f in $$(seq 0 $$(($(K)-1))); do $(ABAW) train $(COMMON) train.folds=$(K) train.fold=$$f $(ARGS) $(call flags,folds) || exit 1; done
+folds: $(STAMP) ## the whole chain per fold, K folds over train+val by source video (K=5); FINETUNED=<name> names each fold's fine-tuning <name>-fold<k>
+	for f in $$(seq 0 $$(($(K)-1))); do $(MAKE) --no-print-directory train FLAGS="$(FLAGS)" ARGS="$(ARGS) train.folds=$(K) train.fold=$$f$(if $(FINETUNED), features.visual.finetuned=$(FINETUNED)-fold$$f)" || exit 1; done
 
 predict: train ## predict a split with the configured run (make predict FLAGS="--split val")
 	$(ABAW) predict $(COMMON) $(ARGS) $(call flags,predict)
