@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from abaw.errors import AbawError
 from abaw.training.folds import Split, make_split
 from abaw.training.store import (
     SubjectData,
@@ -203,6 +204,10 @@ class ShardSampler(Sampler[int]):
         return -(-self.n // self.world)
 
 
+class ScaleOutError(AbawError):
+    """A setting that does not fit the number of DDP processes."""
+
+
 class SubjectSource:
     """Opens subjects of a release for training or prediction: index rows, both feature caches and the
     labels. The index table and caches are resolved from the config unless given (tests pass fakes)."""
@@ -297,7 +302,7 @@ class FusionDataModule(pl.LightningDataModule):
         state is restored, so a resumed epoch would run on the first epoch's window order."""
         _, world = self._world()
         per_rank = math.ceil(len(self.train_windows) / world)
-        batches = math.ceil(per_rank / self.cfg.train.batch_size)
+        batches = math.ceil(per_rank / self.rank_batch_size())
         limit = self.cfg.train.limit_train_batches
         if isinstance(limit, float) and limit <= 1.0:
             return max(1, int(batches * limit))
@@ -334,7 +339,17 @@ class FusionDataModule(pl.LightningDataModule):
         sampler = EpochShuffleSampler(len(self.train_windows), self.cfg.seed, True, rank, world,
                                       epoch=self._next_epoch(), generator=generator)
         ds = WindowDataset(self.train_subjects, self.train_windows, self.cfg.train.mask_missing_face, self.pad_to)
-        return self._loader(ds, self.cfg.train.batch_size, sampler, generator)
+        return self._loader(ds, self.rank_batch_size(), sampler, generator)
+
+    def rank_batch_size(self) -> int:
+        """Training windows per step on each rank: ``train.batch_size`` is the global batch, split over
+        the DDP ranks, so scaling out keeps the optimisation recipe (windows and steps per epoch)."""
+        _, world = self._world()
+        bs = self.cfg.train.batch_size
+        if bs % world:
+            raise ScaleOutError(f"train.batch_size={bs} is the global batch and must divide evenly over "
+                                f"{world} processes (train.devices); use a multiple of {world}")
+        return bs // world
 
     def val_dataloader(self) -> DataLoader:
         # Each rank scores its share of the windows; FusionModule gathers the stitched frames from every
