@@ -428,7 +428,7 @@ def test_paper_mode_pads_to_the_paper_length(fake):
     metrics, art = train(paper, datamodule=datamodule(paper, table))  # v02 (50) and v11 (60) are short
     assert np.isfinite(metrics["p_va"])
     bad = with_overrides(paper, ["train.window=48", "train.hop=32", "train.name=paper-bad"])
-    with pytest.raises(AbawError, match=r"paper_length=64.*train\.window=48"):
+    with pytest.raises(AbawError, match=r"expected L=64 .*train\.window=48"):
         train(bad, datamodule=datamodule(bad, table))
     assert not (paper.release_cache / "runs" / "paper-bad").exists()
     whole = with_overrides(paper, ["train.eval_window=-1", "train.name=paper-whole"])

@@ -100,8 +100,8 @@ def check_trainable(cfg: Config) -> None:
                        else f"train.eval_window={tc.eval_window_size}")
         if bad:
             raise TrainingConfigError(
-                f"model.paper_mode=true welds the window length into the model (model.paper_length="
-                f"{length}), but {' and '.join(bad)}; set train.window={length} and train.eval_window=0 "
+                f"model.paper_mode=true welds the window length into the model: expected L={length} frames "
+                f"(model.paper_length), but {' and '.join(bad)}; set train.window={length} and train.eval_window=0 "
                 f"(or {length}), or model.paper_mode=false")
 
 
