@@ -16,7 +16,7 @@ import pytest
 import torch
 from training_fakes import PointwiseModel, fake_feature_dir, make_fake_release
 
-from abaw.config import load_config, with_overrides
+from abaw.config import load_config
 from abaw.training.datamodule import FusionDataModule, ShardSampler, SubjectSource, WindowDataset
 from abaw.training.inference import forward_batch, stitch_batch
 from abaw.training.windows import Stitcher
@@ -95,18 +95,19 @@ def _cli_train(cfg, overrides: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_ddp_two_cpu_processes_match_one_write_once_and_resume(synth_features_cfg):
-    from abaw.training.train import train
-
+    # Both runs in their own processes: nothing of Lightning's global state leaks into this one.
     common = [*SMALL_MODEL, "train.max_epochs=2", "train.patience=0", "train.accelerator=cpu",
               "train.progress_bar=false", "train.batch_size=8"]
-    one = with_overrides(synth_features_cfg, [*common, "train.name=ddp-1"])
-    m1, _ = train(one)
+    single = _cli_train(synth_features_cfg, [*common, "train.name=ddp-1", "train.devices=1"])
+    assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
+    runs = synth_features_cfg.release_cache / "runs"
+    m1 = json.loads((runs / "ddp-1" / "summary.json").read_text())["metrics"]
 
     ddp = [*common, "train.name=ddp-2", "train.devices=2", "train.strategy=ddp"]
     first = _cli_train(synth_features_cfg, [*ddp, "train.session_epochs=1"])  # stops after epoch 1
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "paused after epoch 1 of 2" in first.stdout
-    run = synth_features_cfg.release_cache / "runs" / "ddp-2"
+    run = runs / "ddp-2"
     assert torch.load(run / "last.ckpt", weights_only=False)["epoch"] == 0
     assert not (run / "summary.json").exists()
 

@@ -203,8 +203,11 @@ def test_cache_that_does_not_match_the_frame_axis_is_named(fake):
     with pytest.raises(ValueError, match=r"v01.*240 feature rows.*999 frames"):
         datamodule(cfg, bad)
     missing = pl.concat([table, table.filter(pl.col("subject") == "v01").with_columns(subject=pl.lit("ghost"))])
-    with pytest.raises(FileNotFoundError, match="ghost.*abaw features"):
+    with pytest.raises(FileNotFoundError, match="ghost.*abaw features") as e:
         datamodule(cfg, missing)
+    from abaw.errors import AbawError
+
+    assert isinstance(e.value, AbawError)  # the CLI prints one line, not a traceback
 
 
 def test_collate_pads_to_the_longest_window():
