@@ -169,6 +169,34 @@ def _report_exclusions(split) -> None:
         log.warning("  excluded %s: %s", subject, why)
 
 
+class FinetuneLeakError(AbawError):
+    """Visual features from a fine-tuning that saw this run's validation subjects."""
+
+
+def check_finetuning_split(cfg: Config, split) -> None:
+    """Refuse visual features fine-tuned on any subject this run validates on: the backbone has then
+    seen those frames' labels, and validation (and the folds' ensemble) would be flattered.
+
+    The fine-tuning's own split.json is the record; a fine-tuning of the official split feeds the
+    official split, and each fold needs a fine-tuning of its own fold (``make folds FINETUNED=name``)."""
+    from abaw.features.registry import finetuned_dir
+
+    folder = finetuned_dir(cfg.features.visual, cfg.release_cache)
+    if folder is None:
+        return
+    record = folder / "split.json"
+    if not record.is_file():
+        raise FinetuneLeakError(f"{folder}: no split.json, so which subjects it trained on is unknown; "
+                                "run `abaw finetune` with this config")
+    seen = set(json.loads(record.read_text())["train"]) & set(split.val)
+    if seen:
+        raise FinetuneLeakError(
+            f"features.visual.finetuned={cfg.features.visual.finetuned!r} was fine-tuned on {len(seen)} of "
+            f"this run's validation subjects (e.g. {sorted(seen)[0]!r}; {record}); fine-tune on this run's "
+            f"split (same train.folds/train.fold) under another name"
+        )
+
+
 def _resume_step(last: Path) -> int:
     return int(torch.load(last, map_location="cpu", weights_only=False).get("global_step", 0))
 
@@ -194,6 +222,7 @@ def train(cfg: Config, *, datamodule: FusionDataModule | None = None, model: tor
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = datamodule or FusionDataModule(cfg)
     _report_exclusions(dm.split)
+    check_finetuning_split(cfg, dm.split)
     last = out / "last.ckpt"
     resume_from = last if tc.resume and last.is_file() else None
     split_path = out / "folds.json"
