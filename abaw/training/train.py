@@ -128,6 +128,19 @@ def _feature_info(dm: FusionDataModule) -> dict:
     return info
 
 
+# C2: features.json (runs helper owns this; lead reconciles)
+def _write_features_record(out: Path, dm: FusionDataModule) -> None:
+    """``features.json``: for each kind, the absolute cache dir and that cache's settings.json, so that
+    whoever applies the run (``abaw video``) extracts features exactly as they were trained on."""
+    from abaw.features.cache import FeatureCache
+
+    record = {}
+    for kind, d in dm.source.feature_dirs().items():
+        record[kind] = {"dir": str(Path(d).resolve()) if d else "",
+                        "settings": FeatureCache(d).settings if d else None}
+    atomic_write_json(out / "features.json", record)
+
+
 def _completed(out: Path, cfg_hash: str) -> dict | None:
     """The summary of a finished run with this exact config, if there is one."""
     summary = out / "summary.json"
@@ -163,6 +176,7 @@ def train(cfg: Config, *, datamodule: FusionDataModule | None = None, model: tor
             _clear_stale(out)
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
+        _write_features_record(out, dm)
         dm.split.save(split_path)
 
     lit = FusionModule(to_dict(tc), to_dict(cfg.model), dm.in_audio, dm.in_visual, model=model)
