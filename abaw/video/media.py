@@ -103,7 +103,7 @@ def write_clip(path: str | Path, images, times: np.ndarray, audio: np.ndarray | 
             vs.time_base = tb
             vs.codec_context.time_base = tb
         else:
-            tb = Fraction(1, int(round(float(rate))))
+            tb = 1 / rate  # AVI stores one tick per frame: constant rate only
             vs.codec_context.time_base = tb
         a_s = None
         if audio is not None:

@@ -27,13 +27,14 @@ log = logging.getLogger(__name__)
 SUBJECT = "clip"
 ALIGN_VERSION = 1  # bump when detection/tracking/alignment changes crops: old work folders are not reused
 JPEG_QUALITY = 95
+AUTO_SMALL = 0.25  # --detector auto: faces smaller than this fraction of the frame's long side use "full"
 
 
 @dataclass
 class VideoOptions:
     face: int | str | None = None  # None: largest/most central; N (0 = leftmost); "left" | "right"
     every: int = 1  # run the detector on every k-th frame, interpolate between
-    detector: str = "auto"  # auto (short range, full range where it finds nothing) | short | full
+    detector: str = "auto"  # auto (short range; full range where it finds no or only small faces) | short | full
     min_score: float | None = None  # detector score threshold (None: the model's own)
     crops: bool = False  # also write the aligned crops to <out>/crops/%05d.jpg
     overlay: bool = False  # write overlay.mp4
@@ -103,8 +104,10 @@ def detect_faces(clip, opts: VideoOptions) -> tuple[np.ndarray, dict]:
         times.append(t)
         if i % opts.every == 0:
             faces = primary(rgb)
-            if not faces and fallback is not None:
-                faces = fallback(rgb)
+            # The short-range model is made for close-ups; on a small face its box is inflated (a face
+            # of 14 % of the frame came out 35 % too large), so small or no faces go to the full range.
+            if fallback is not None and (not faces or min(f.size for f in faces) < AUTO_SMALL * max(rgb.shape[:2])):
+                faces = fallback(rgb) or faces
             detections[i] = faces
         if bar is not None:
             bar.update(1)
