@@ -312,6 +312,22 @@ def test_ensemble_of_two_runs(carphone_frames, video_run, tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.timeout(300)
+def test_runs_configured_with_loader_workers_do_not_hang(carphone_frames, video_run, tmp_path):
+    """A run whose config decodes crops in DataLoader workers (the demo's 2): forked workers deadlock
+    once the detector's threads exist, so the clip's crops are decoded in-process."""
+    import yaml
+
+    _, frames = carphone_frames
+    path = _clip(tmp_path / "c.mp4", frames[:20], np.arange(20) / 30)
+    run = _copy_run(video_run, tmp_path / "workers-run")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["features"]["visual"]["num_workers"] = 2
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = run_video(path, [run], tmp_path / "out", _opts())
+    assert res.n_frames == 20
+
+
 # ---- real footage ---------------------------------------------------------------------------------------
 def test_real_footage_with_real_speech(carphone_frames, video_run, tmp_path):
     if not SPEECH.is_file():

@@ -79,9 +79,12 @@ def extraction_config(run_dir: Path, run_cfg: Config, recorded: dict[str, dict],
     from abaw.features.extract import feature_settings
     from abaw.features.registry import WeightsError
 
-    overrides: dict = {"cache_root": str(work), "data": {"name": "video"}}
+    # Crops are decoded in this process: forked DataLoader workers deadlock once the detector's
+    # (LiteRT/XNNPACK) threads exist. Workers change speed only, never the features.
+    features: dict = {"visual": {"num_workers": 0}}
     if device:
-        overrides["features"] = {"device": device}
+        features["device"] = device
+    overrides: dict = {"cache_root": str(work), "data": {"name": "video"}, "features": features}
     cfg = with_overrides(run_cfg, overrides)
     for kind in KINDS:
         try:
