@@ -283,10 +283,14 @@ def _copy_run(run: Path, dest: Path) -> Path:
     return dest
 
 
+def _clip_and_run_copy(carphone_frames, video_run, tmp_path, n: int, name: str) -> tuple[Path, Path]:
+    """A short real clip and a copy of the test run (to edit)."""
+    path = _clip(tmp_path / "c.mp4", carphone_frames[1][:n], np.arange(n) / 30)
+    return path, _copy_run(video_run, tmp_path / name)
+
+
 def test_runs_with_different_features_are_refused(carphone_frames, video_run, tmp_path):
-    _, frames = carphone_frames
-    path = _clip(tmp_path / "c.mp4", frames[:10], np.arange(10) / 30)
-    other = _copy_run(video_run, tmp_path / "other-run")
+    path, other = _clip_and_run_copy(carphone_frames, video_run, tmp_path, 10, "other-run")
     rec = json.loads((other / "features.json").read_text())
     rec["audio"]["settings"]["window_s"] = 2.0
     (other / "features.json").write_text(json.dumps(rec))
@@ -307,8 +311,8 @@ def test_ensemble_of_two_runs(carphone_frames, video_run, tmp_path):
     two = run_video(path, [video_run, _copy_run(video_run, tmp_path / "twin")], tmp_path / "two", _opts())
     a = pl.read_csv(one.frames_csv)[["valence", "arousal"]].to_numpy()
     b = pl.read_csv(two.frames_csv)[["valence", "arousal"]].to_numpy()
-    # two identical runs average to the same raw prediction; post-processing is searched for the
-    # ensemble, so only its window may differ
+    # two identical runs: the same mean, and the ensemble's post-processing (searched on their pooled
+    # validation predictions) picks the run's own choice
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
@@ -318,9 +322,7 @@ def test_runs_configured_with_loader_workers_do_not_hang(carphone_frames, video_
     once the detector's threads exist, so the clip's crops are decoded in-process."""
     import yaml
 
-    _, frames = carphone_frames
-    path = _clip(tmp_path / "c.mp4", frames[:20], np.arange(20) / 30)
-    run = _copy_run(video_run, tmp_path / "workers-run")
+    path, run = _clip_and_run_copy(carphone_frames, video_run, tmp_path, 20, "workers-run")
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     cfg["features"]["visual"]["num_workers"] = 2
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
