@@ -15,6 +15,8 @@ CONFIG ?= $(if $(DATA),configs/default.yaml,configs/demo.yaml)
 ARGS ?=
 FLAGS ?=
 K ?= 5
+VIDEO ?=
+RUNS ?=
 COMMON := -c $(CONFIG) $(if $(DATA),--data $(DATA),)
 # $(call flags,<goal>): FLAGS when <goal> is the goal named on the command line (the last one when
 # several are), else nothing, so `make predict FLAGS="--split val"` does not hand --split to `abaw data`.
@@ -24,7 +26,7 @@ ARGS_FLAGS := $(strip $(foreach w,$(ARGS),$(if $(findstring =,$(w)),,$(w))))
 $(if $(ARGS_FLAGS),$(error ARGS takes key=value config overrides only, found "$(ARGS_FLAGS)"; stage flags go in FLAGS, e.g. make tune FLAGS=--report))
 
 .DEFAULT_GOAL := help
-.PHONY: help install data finetune features train folds predict tune submit demo test lint bench clean-demo
+.PHONY: help install data finetune features train folds predict tune submit demo video test lint bench clean-demo
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +36,15 @@ install: $(STAMP) ## create .venv and install abaw with its dev extras
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
+	# abaw video: BlazeFace model files ship in this wheel; --no-deps (it pins numpy<2, jax; never imported)
+	$(PY) -m pip install -q --no-deps mediapipe==0.10.21
+	# Real speech for the video tests (Debian's pocketsphinx-testdata, 1.8 MB); skipped where apt is not ours
+	@if [ -d /usr/share/pocketsphinx/test/data/librivox ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq pocketsphinx-testdata >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq pocketsphinx-testdata >/dev/null 2>&1)) || \
+	  echo "note: pocketsphinx-testdata not installed; the real-footage video test will skip"; \
+	else echo "note: install Debian's pocketsphinx-testdata for the real-footage video test"; fi
 	@touch $@
 
 data: $(STAMP) ## index the release (writes the demo release first when DATA is unset)
@@ -63,6 +74,10 @@ submit: train ## predict the test set, write, validate and package a submission
 
 demo: $(STAMP) ## the whole pipeline on the generated release, scored like a leaderboard
 	$(MAKE) --no-print-directory submit DATA= CONFIG=configs/demo.yaml
+
+video: $(STAMP) ## valence/arousal for any video: make video VIDEO=clip.mp4 RUNS="run1 run2" [FLAGS=--overlay]
+	@test -n "$(VIDEO)" -a -n "$(RUNS)" || { echo "make video needs VIDEO=FILE RUNS=\"RUN...\""; exit 2; }
+	$(ABAW) video $(VIDEO) $(ARGS) $(COMMON) --runs $(RUNS) $(call flags,video)
 
 test: $(STAMP) ## run the test suite (CPU, hermetic)
 	$(PY) -m pytest
