@@ -29,7 +29,14 @@ import numpy as np
 from abaw.data.release import crop_name
 from abaw.synth import media
 from abaw.synth.plan import AUDIO_NOISE, AUDIO_SILENT, AUDIO_SPEAKER, VideoPlan, plan_release
-from abaw.synth.signal import VOICE_RATE, SmoothProcess, Voice, fft_friendly_length, resample_exact, synth_voice
+from abaw.synth.signal import (
+    VOICE_RATE,
+    SmoothProcess,
+    Voice,
+    fft_friendly_length,
+    resample_exact,
+    synth_voice,
+)
 from abaw.utils import atomic_write_json, file_lock
 
 log = logging.getLogger(__name__)
