@@ -117,7 +117,8 @@ def gate_diagnostics(gates: Mapping[str, np.ndarray], degraded: Mapping[str, np.
 
 def headline(diagnostics: Mapping[str, dict]) -> dict[str, float]:
     """A few numbers per gate for tables: for an iteration gate the attended weight averaged over the
-    iterations (mean, median entropy, fraction above 0.99, degraded - clean shift); for a stage gate
+    iterations (mean, median entropy, fraction above 0.99, its mean on degraded and on clean frames and
+    their difference, the shift); for a stage gate
     the median entropy and the fraction of frames where one iteration takes > 0.99."""
     out: dict[str, float] = {}
     for name, d in diagnostics.items():
@@ -128,6 +129,8 @@ def headline(diagnostics: Mapping[str, dict]) -> dict[str, float]:
             out[f"{name}/above_99"] = float(np.mean([i["all"]["above_99"][1] for i in its]))
             if "shift" in its[0]:
                 out[f"{name}/shift"] = float(np.mean([i["shift"][1] for i in its]))
+                out[f"{name}/degraded"] = float(np.mean([i["degraded"]["mean"][1] for i in its]))
+                out[f"{name}/clean"] = float(np.mean([i["clean"]["mean"][1] for i in its]))
         else:
             out[f"{name}/entropy_median"] = d["all"]["entropy_median"]
             out[f"{name}/above_99"] = d["all"]["one_hot"]

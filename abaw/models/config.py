@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 # The names abaw.models.registry.MODELS registers; listed here so a typo fails when the config is
 # loaded rather than when training starts (a test keeps the two in step).
-VARIANTS = ("grjca_hier", "grjca", "rjca", "concat", "audio", "visual")
+VARIANTS = ("grjca_hier", "grjca", "rjca", "concat", "xformer", "audio", "visual")
 ATTENTION_VARIANTS = ("grjca_hier", "grjca", "rjca")
 _CHOICES = {
     "encoder": ("tcn", "blstm"),
@@ -21,7 +21,7 @@ _CHOICES = {
 
 @dataclass
 class ModelConfig:
-    variant: str = "grjca_hier"  # grjca_hier | grjca | rjca | concat | audio | visual
+    variant: str = "grjca_hier"  # grjca_hier | grjca | rjca | concat | xformer | audio | visual
     encoder: str = "tcn"  # tcn | blstm : per-modality temporal encoder
     d_audio: int = 128  # encoder output width per modality (even for the blstm encoder)
     d_visual: int = 128
@@ -34,6 +34,15 @@ class ModelConfig:
     feed: str = "gated"  # gated: feed X~ into the next iteration | att: feed X_att
     gate_tau: float = 0.1
     stage_tau: float = 0.1
+    # Gate options (abaw/models/gates.py explains why the paper's gates saturate); all off/true = the
+    # paper's form.
+    gate_norm: bool = False  # LayerNorm (no affine) on every gate input
+    learn_tau: bool = False  # learn the gate temperatures, starting from gate_tau / stage_tau
+    gate_dropout: float = 0.0  # training only: per frame, this fraction of gates is an even mix
+    att_residual: bool = True  # X_att = X + attention update (paper); false: the update alone
+    xf_layers: int = 1  # xformer: cross-modal blocks
+    xf_heads: int = 4  # xformer: attention heads (must divide d_audio and d_visual)
+    xf_ff_mult: int = 2  # xformer: feed-forward width in multiples of the model width
     head: str = "blstm"  # blstm | tcn
     head_hidden: int = 64  # per direction for the blstm head; channels for the tcn head
     head_layers: int = 1  # blstm layers, or dilated blocks of the tcn head
@@ -53,7 +62,7 @@ class ModelConfig:
             if value not in choices:
                 raise ValueError(f"model.{name}={value!r}: expected one of {list(choices)}")
         for name in ("d_audio", "d_visual", "tcn_layers", "tcn_kernel", "blstm_layers", "iterations",
-                     "head_hidden", "head_layers", "paper_length"):
+                     "head_hidden", "head_layers", "paper_length", "xf_layers", "xf_heads", "xf_ff_mult"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name}={getattr(self, name)}: must be >= 1")
         if self.tcn_kernel % 2 == 0:
@@ -66,5 +75,10 @@ class ModelConfig:
         for name in ("gate_tau", "stage_tau"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"model.{name}={getattr(self, name)}: must be > 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout={self.dropout}: must be in [0, 1)")
+        for name in ("dropout", "gate_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name}={getattr(self, name)}: must be in [0, 1)")
+        if self.variant == "xformer":
+            for name in ("d_audio", "d_visual"):
+                if getattr(self, name) % self.xf_heads:
+                    raise ValueError(f"model.xf_heads={self.xf_heads} must divide model.{name}={getattr(self, name)}")

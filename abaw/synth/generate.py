@@ -287,7 +287,17 @@ def planted_degradation(root: Path) -> dict[str, dict[str, list]] | None:
         meta = json.loads((Path(root) / MARKER).read_text())
     except (OSError, ValueError):
         return None
-    return {s: info["degraded"] for s, info in meta.get("subjects", {}).items() if "degraded" in info}
+    return {s: info["degraded"] if "degraded" in info else _version1_degraded(info)
+            for s, info in meta.get("subjects", {}).items()}
+
+
+def _version1_degraded(info: dict) -> dict[str, list]:
+    """What a release written before the "degraded" record planted (its traps, kinds unnamed)."""
+    n = info["label_rows"] or info["sample_rows"]
+    visual = [[s, e, "missing"] for s, e in info["missing_crop_runs"]]
+    visual += [[s, e, "trap"] for s, e in info["face_uninformative_runs"]]
+    audio = [[s, e, "trap"] for s, e in info["audio_uninformative_runs"]] if info["has_audio"] else [[0, n, "no_audio"]]
+    return {"visual": sorted(visual), "audio": audio}
 
 
 def generate(

@@ -23,6 +23,7 @@ from abaw.training.datamodule import FusionDataModule
 from abaw.training.inference import predict_windows
 from abaw.training.module import FusionModule
 from abaw.training.report import (
+    gate_summary,
     per_subject,
     plot_subjects,
     predictions_frame,
@@ -193,6 +194,7 @@ def train(cfg: Config, *, datamodule: FusionDataModule | None = None, model: tor
                                dm.eval_batch_size, tc.mask_missing_face, device)
     lit.model.cpu()
     artifacts = _write_report(cfg, out, dm, stitcher, val_names, history)
+    gates = gate_summary(cfg.data_root, stitcher, dm.val_subjects, dm.source.rows, out / "gates.json")
     metrics = score(stitcher, val_names)
     post = _postprocess(cfg, out, stitcher, val_names)
     metrics.update({f"{k}_post": v for k, v in post["metrics"].items()})
@@ -213,6 +215,7 @@ def train(cfg: Config, *, datamodule: FusionDataModule | None = None, model: tor
                      "label_sources": dm.label_sources},
         "precision": trainer.precision, "accelerator": type(trainer.accelerator).__name__,
         "world_size": trainer.world_size, "fit_seconds": round(fit_s, 2),
+        "gates": gates.get("headline", {}), "gates_degraded_source": gates.get("degraded_source"),
         "config_hash": cfg_hash, "code_version": code_version(),
     }
     atomic_write_json(out / "summary.json", summary)
@@ -261,7 +264,7 @@ def _artifact_paths(out: Path) -> dict[str, Path]:
         "best": "best.ckpt", "last": "last.ckpt", "config": "config.yaml", "folds": "folds.json",
         "metrics_csv": "metrics.csv", "val_predictions": "val_predictions.parquet",
         "per_subject": "per_subject.csv", "postprocess": "postprocess.json", "val_plot": "val_plot.png",
-        "curves": "curves.png", "summary": "summary.json",
+        "curves": "curves.png", "summary": "summary.json", "gates": "gates.json",
     }
     return {k: out / v for k, v in names.items() if (out / v).exists()}
 
@@ -276,4 +279,8 @@ def cli_train(cfg: Config, args) -> int:
         if key in metrics:
             v = metrics[key]
             print(f"  {key:12s} {v:.4f}" if isinstance(v, float) else f"  {key:12s} {v}")
+    if "gates" in artifacts:
+        from abaw.training.report import format_gates
+
+        print(format_gates(json.loads(artifacts["gates"].read_text())))
     return 0
