@@ -69,6 +69,9 @@ def test_degraded_split_and_shift():
     assert h["visual/stage/shift"] == pytest.approx(0.5)
     assert h["visual/iter/above_99"] == 0.0
     assert np.isnan(h["audio/iter/shift"])
+    # The audio gate split by the visual modality's degradation: constant 0.6, so no shift.
+    assert h["audio/iter/shift_other"] == pytest.approx(0.0)
+    assert h["visual/iter/shift_other"] != h["visual/iter/shift_other"]  # audio never degraded: NaN
 
 
 def test_saturated_gate_reads_as_saturated():

@@ -14,9 +14,10 @@ stage gate). Per distribution the diagnostics are:
   one_hot              fraction of frames where some component is > 0.99
   entropy_mean/median  per-frame entropy divided by log K: 0 = one-hot, 1 = uniform
 
-and, given per-frame "degraded" masks per modality, the same on degraded and on clean frames with the
-difference of the means (``shift`` = degraded - clean). A gate that falls back to the unattended
-features where the other modality is useless shows a negative attended-weight shift there.
+and, given per-frame "degraded" masks per modality, the same on degraded and on clean frames of the
+gate's own modality with the difference of the means (``shift`` = degraded - clean), and that
+difference split by the *other* modality (``shift_other``). A gate that falls back to its unattended
+features where the other modality is useless shows a negative attended-weight ``shift_other``.
 """
 
 from __future__ import annotations
@@ -70,8 +71,14 @@ def distribution_stats(p: np.ndarray, frames: np.ndarray | None = None) -> dict:
     }
 
 
-def _split(p: np.ndarray, degraded: np.ndarray | None, valid: np.ndarray) -> dict:
+def _split(p: np.ndarray, degraded: np.ndarray | None, valid: np.ndarray,
+           other: np.ndarray | None = None) -> dict:
     out = {"all": distribution_stats(p, valid)}
+    if other is not None:
+        # By the *other* modality: a visual gate should fall back to the face where the voice is useless.
+        o = np.asarray(other, dtype=bool)
+        hi, lo = distribution_stats(p, valid & o), distribution_stats(p, valid & ~o)
+        out["shift_other"] = (np.asarray(hi["mean"]) - np.asarray(lo["mean"])).tolist()
     if degraded is not None:
         d = np.asarray(degraded, dtype=bool)
         if d.shape != valid.shape:
@@ -102,14 +109,16 @@ def gate_diagnostics(gates: Mapping[str, np.ndarray], degraded: Mapping[str, np.
             raise ValueError(f"gate {name!r}: valid mask of shape {v.shape} for {n} frames")
         modality, _, kind = name.partition("/")
         d = None if degraded is None else degraded.get(modality)
+        others = [m for m in (degraded or {}) if m != modality]
+        o = degraded[others[0]] if len(others) == 1 else None
         if kind == "iter":
             if g.ndim != 3 or g.shape[2] != 2:
                 raise ValueError(f"gate {name!r}: expected [frames, iterations, 2], got shape {g.shape}")
-            out[name] = {"kind": "iter", "iterations": [_split(g[:, t], d, v) for t in range(g.shape[1])]}
+            out[name] = {"kind": "iter", "iterations": [_split(g[:, t], d, v, o) for t in range(g.shape[1])]}
         elif kind == "stage":
             if g.ndim != 2:
                 raise ValueError(f"gate {name!r}: expected [frames, iterations], got shape {g.shape}")
-            out[name] = {"kind": "stage", **_split(g, d, v)}
+            out[name] = {"kind": "stage", **_split(g, d, v, o)}
         else:
             raise ValueError(f"gate {name!r}: expected a name '<modality>/iter' or '<modality>/stage'")
     return out
@@ -131,6 +140,8 @@ def headline(diagnostics: Mapping[str, dict]) -> dict[str, float]:
                 out[f"{name}/shift"] = float(np.mean([i["shift"][1] for i in its]))
                 out[f"{name}/degraded"] = float(np.mean([i["degraded"]["mean"][1] for i in its]))
                 out[f"{name}/clean"] = float(np.mean([i["clean"]["mean"][1] for i in its]))
+            if "shift_other" in its[0]:
+                out[f"{name}/shift_other"] = float(np.mean([i["shift_other"][1] for i in its]))
         else:
             out[f"{name}/entropy_median"] = d["all"]["entropy_median"]
             out[f"{name}/above_99"] = d["all"]["one_hot"]

@@ -32,14 +32,16 @@ class ModelConfig:
     shared_weights: bool = True  # one attention layer (and gate) reused across iterations
     gate_input: str = "concat"  # concat: [X; X_att] | att: X_att alone
     feed: str = "gated"  # gated: feed X~ into the next iteration | att: feed X_att
-    gate_tau: float = 0.1
-    stage_tau: float = 0.1
-    # Gate options (abaw/models/gates.py explains why the paper's gates saturate); all off/true = the
-    # paper's form.
+    # Gates (abaw/models/gates.py; measured in docs/readme/gates.md). The paper's form: gate_tau=0.1
+    # stage_tau=0.1. At 1/tau = 10 the gates go one-hot on the demo release; tau = 1 keeps them alive.
+    gate_tau: float = 1.0
+    stage_tau: float = 1.0
     gate_norm: bool = False  # LayerNorm (no affine) on every gate input
     learn_tau: bool = False  # learn the gate temperatures, starting from gate_tau / stage_tau
     gate_dropout: float = 0.0  # training only: per frame, this fraction of gates is an even mix
-    att_residual: bool = True  # X_att = X + attention update (paper); false: the update alone
+    # X_att = X + attention update (paper: "attended" then always contains X); false: the update alone,
+    # so the gate picks unimodal vs cross-modal features. Gated variants only: rjca keeps the residual.
+    att_residual: bool = True
     xf_layers: int = 1  # xformer: cross-modal blocks
     xf_heads: int = 4  # xformer: attention heads (must divide d_audio and d_visual)
     xf_ff_mult: int = 2  # xformer: feed-forward width in multiples of the model width
