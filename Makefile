@@ -16,7 +16,7 @@ K ?= 5
 COMMON := -c $(CONFIG) $(if $(DATA),--data $(DATA),)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data features train folds predict tune submit demo test lint bench clean-demo
+.PHONY: help install data features train folds predict tune ablate submit demo test lint bench clean-demo
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ predict: train ## predict a split with the configured run (ARGS="--runs DIR... -
 
 tune: features ## run (or continue) the Optuna study; report with ARGS=--report
 	$(ABAW) tune $(COMMON) $(ARGS)
+
+ablate: $(STAMP) ## variants x seeds x complementarity levels, one table (FLAGS="--seeds 5 --levels clean strong")
+	$(ABAW) ablate $(COMMON) $(ARGS) $(call flags,ablate)
 
 submit: train ## predict the test set, write, validate and package a submission
 	$(ABAW) submit $(COMMON) $(ARGS)
