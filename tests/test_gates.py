@@ -87,3 +87,41 @@ def test_saturated_gate_reads_as_saturated():
 def test_bad_layouts_are_named(name, shape):
     with pytest.raises(ValueError, match=name.split("/")[0]):
         gate_diagnostics({name: np.full(shape, 0.5)})
+
+
+def test_near_silent_audio_and_planted_degradation_on_the_tiny_release(synth_release):
+    """The real-release proxy (near-silent audio) finds the planted silence and the missing soundtrack;
+    the synthetic ground truth gives the same masks the release recorded."""
+    import json
+
+    from abaw.synth.generate import MARKER, planted_degradation
+    from abaw.synth.media import demux_frame_times
+    from abaw.training.report import near_silent
+
+    meta = json.loads((synth_release / MARKER).read_text())
+    planted = planted_degradation(synth_release)
+    assert set(planted) == set(meta["subjects"])
+    checked = set()
+    for subject, info in meta["subjects"].items():
+        n = info["label_rows"] or info["sample_rows"]
+        path = synth_release / info["video_path"]
+        times = demux_frame_times(path)[:n]
+        if len(times) != n:
+            continue
+        quiet = near_silent(str(path), times, n)
+        if not info["has_audio"]:
+            assert quiet.all(), subject
+            checked.add("no_audio")
+            continue
+        silent = np.zeros(n, bool)
+        for s, e, kind in planted[subject]["audio"]:
+            if kind == "silence":
+                silent[s + 8 : e - 8] = True  # away from the edges of the half-second window
+        if silent.any():
+            assert quiet[silent].mean() > 0.9, subject
+            checked.add("silence")
+        talking = np.ones(n, bool)
+        for s, e, _ in planted[subject]["audio"]:
+            talking[max(0, s - 10) : e + 10] = False
+        assert quiet[talking].mean() < 0.2, subject
+    assert checked == {"no_audio", "silence"}
