@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--reference", default="rjca", help="variant the paired comparison is against")
     pa.add_argument("--name", default=None, help="output folder name under <cache>/ablation/")
     pa.add_argument("--out", default=None, help="output folder (overrides --name)")
+    pa.add_argument("--cached-only", action="store_true", help="tabulate the finished cells only, train nothing")
 
     for name in ("predict", "submit"):
         ps[name].add_argument("--runs", nargs="+", default=None, help="run folders to ensemble")

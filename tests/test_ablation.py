@@ -92,3 +92,7 @@ def test_ablation_table_and_cached_rerun(synth_features_cfg, tmp_path, monkeypat
     monkeypatch.setattr("abaw.submit.predict.load_run", boom)
     again = ablation.run_ablation(cfg, ["concat", "grjca_hier"], [0, 1], ["release"], out, reference="concat")
     assert_frame_equal(pl.read_csv(again["results"]), rows, check_column_order=False)
+    # The table so far: cells never trained (seed 2) are left out, nothing is trained.
+    part = ablation.run_ablation(cfg, ["concat", "grjca_hier"], [0, 2], ["release"], tmp_path / "part",
+                                 reference="concat", train_missing=False)
+    assert pl.read_csv(part["results"])["seed"].to_list() == [0, 0]

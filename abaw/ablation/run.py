@@ -119,6 +119,18 @@ def cell_config(level_cfg: Config, variant: Variant, seed: int) -> Config:
     return with_overrides(cfg, [f"train.name=ablate-{variant.label}-s{seed}-{stable_hash(cfg, 8)}"])
 
 
+def finished_cell(cfg: Config) -> dict | None:
+    """The summary.json of a finished cell of this exact config, else None."""
+    from abaw.training.train import run_dir
+
+    summary = run_dir(cfg) / "summary.json"
+    if summary.is_file():
+        data = json.loads(summary.read_text())
+        if data.get("config_hash") == stable_hash(cfg):
+            return data
+    return None
+
+
 def train_cell(cfg: Config) -> dict:
     """Train one cell, or reuse it: its summary.json. The one place that decides reuse.
 
@@ -127,13 +139,11 @@ def train_cell(cfg: Config) -> dict:
     of that config is taken as done."""
     from abaw.training.train import run_dir, train
 
-    summary = run_dir(cfg) / "summary.json"
-    if summary.is_file():
-        data = json.loads(summary.read_text())
-        if data.get("config_hash") == stable_hash(cfg):
-            return data
+    done = finished_cell(cfg)
+    if done is not None:
+        return done
     train(cfg)
-    return json.loads(summary.read_text())
+    return json.loads((run_dir(cfg) / "summary.json").read_text())
 
 
 def score_test(cfg: Config, run: Path) -> dict:
@@ -182,8 +192,9 @@ def score_test(cfg: Config, run: Path) -> dict:
 
 
 def run_ablation(cfg: Config, variants: Sequence[str], seeds: Sequence[int], levels: Sequence[str],
-                 out: Path, reference: str = "rjca") -> dict[str, Path]:
-    """Every cell, then results.csv (one row per cell), table.md, gates.png and config.yaml in ``out``."""
+                 out: Path, reference: str = "rjca", train_missing: bool = True) -> dict[str, Path]:
+    """Every cell, then results.csv (one row per cell), table.md, gates.png and config.yaml in ``out``.
+    ``train_missing=False`` tabulates the finished cells only (the table so far)."""
     from abaw.ablation.table import markdown, summarise
     from abaw.training.plots import plot_gate_shift
 
@@ -200,13 +211,17 @@ def run_ablation(cfg: Config, variants: Sequence[str], seeds: Sequence[int], lev
     for level in levels:
         lcfg, generated = level_config(cfg, level)
         t0 = time.perf_counter()
-        prepare_level(lcfg, generated)
+        if train_missing:
+            prepare_level(lcfg, generated)
         timing[f"prepare/{level}"] = round(time.perf_counter() - t0, 1)
         for spec in specs:
             for seed in seeds:
                 ccfg = cell_config(lcfg, spec, int(seed))
                 t0 = time.perf_counter()
-                summary = train_cell(ccfg)
+                summary = train_cell(ccfg) if train_missing else finished_cell(ccfg)
+                if summary is None:
+                    log.info("%s %s seed %s: not trained yet (left out)", level, spec.label, seed)
+                    continue
                 test = score_test(ccfg, _run_dir(ccfg))
                 timing[f"{level}/{spec.label}/{seed}"] = round(time.perf_counter() - t0, 1)
                 row = {"level": level, "variant": spec.label, "seed": int(seed), "run": ccfg.train.name,
@@ -256,7 +271,8 @@ def cli_ablate(cfg: Config, args) -> int:
     levels = args.levels or list(LEVELS)
     out = Path(args.out) if args.out else Path(cfg.cache_root).resolve() / "ablation" / (args.name or "ablation")
     t0 = time.perf_counter()
-    paths = run_ablation(cfg, variants, _seeds(args.seeds), levels, out, args.reference)
+    paths = run_ablation(cfg, variants, _seeds(args.seeds), levels, out, args.reference,
+                         train_missing=not args.cached_only)
     print(paths["table"].read_text())
     print(f"ablation: {out} ({time.perf_counter() - t0:.0f} s): " + ", ".join(p.name for p in paths.values()))
     return 0
