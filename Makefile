@@ -26,7 +26,7 @@ ARGS_FLAGS := $(strip $(foreach w,$(ARGS),$(if $(findstring =,$(w)),,$(w))))
 $(if $(ARGS_FLAGS),$(error ARGS takes key=value config overrides only, found "$(ARGS_FLAGS)"; stage flags go in FLAGS, e.g. make tune FLAGS=--report))
 
 .DEFAULT_GOAL := help
-.PHONY: help install data finetune features train folds predict tune submit demo video test lint bench clean-demo
+.PHONY: help install data finetune features train folds predict tune ablate submit demo video test lint bench clean-demo
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ predict: train ## predict a split with the configured run (make predict FLAGS="-
 
 tune: features ## run (or continue) the Optuna study (make tune FLAGS=--report: its table and plots)
 	$(ABAW) tune $(COMMON) $(ARGS) $(call flags,tune)
+
+ablate: $(STAMP) ## variants x seeds x complementarity levels, one table (FLAGS="--seeds 5 --levels clean strong")
+	$(ABAW) ablate $(COMMON) $(ARGS) $(call flags,ablate)
 
 submit: train ## predict the test set, write, validate and package a submission
 	$(ABAW) submit $(COMMON) $(ARGS) $(call flags,submit)

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "features": ("abaw.features.extract", "cli_features", "extract cached visual and audio features"),
     "train": ("abaw.training.train", "cli_train", "train a fusion model on cached features"),
     "tune": ("abaw.tuning.study", "cli_tune", "run or report an Optuna study"),
+    "ablate": ("abaw.ablation.run", "cli_ablate", "fusion variants x seeds x complementarity levels, one table"),
     "predict": ("abaw.submit.predict", "cli_predict", "predict a split with one or more runs"),
     "submit": ("abaw.submit.submission", "cli_submit", "write, validate and package a submission"),
     "validate": ("abaw.submit.validate", "cli_validate", "check a prediction file independently"),
@@ -85,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
         ps[name].add_argument("--storage", default=None, help="Optuna storage URL")
         ps[name].add_argument("--study", default=None)
         ps[name].add_argument("--report", action="store_true", help="print best trials and write plots")
+
+    pa = ps["ablate"]
+    pa.add_argument("--variants", nargs="+", default=None,
+                    help="variants, or label=variant,key=value,... (default: concat rjca grjca grjca_hier xformer)")
+    pa.add_argument("--seeds", default=None, help="a count (5: seeds 0-4, the default) or a list (0,3,7)")
+    pa.add_argument("--levels", nargs="+", default=None,
+                    help="clean moderate strong (default), or 'release' for the configured release as it is")
+    pa.add_argument("--reference", default="rjca", help="variant the paired comparison is against")
+    pa.add_argument("--name", default=None, help="output folder name under <cache>/ablation/")
+    pa.add_argument("--out", default=None, help="output folder (overrides --name)")
+    pa.add_argument("--cached-only", action="store_true", help="tabulate the finished cells only, train nothing")
 
     for name in ("predict", "submit"):
         ps[name].add_argument("--runs", nargs="+", default=None, help="run folders to ensemble")

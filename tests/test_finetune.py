@@ -116,7 +116,10 @@ def test_checkpoint_digest_changes_the_feature_cache_key(tuned, tmp_path):
 
     import torch
 
-    from abaw.features.extract import feature_dir
+    from abaw.features.extract import resolve_feature_dir
+
+    def feature_dir(c, kind):  # the cache key as extraction computes it (nothing is extracted here)
+        return resolve_feature_dir(c, kind)[0]
     from abaw.features.registry import visual_settings
 
     cfg, _, art, _ = tuned

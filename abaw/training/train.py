@@ -28,6 +28,7 @@ from abaw.training.datamodule import FusionDataModule
 from abaw.training.inference import predict_windows
 from abaw.training.module import FusionModule
 from abaw.training.report import (
+    gate_summary,
     per_subject,
     plot_subjects,
     predictions_frame,
@@ -269,6 +270,7 @@ def train(cfg: Config, *, datamodule: FusionDataModule | None = None, model: tor
                                dm.eval_batch_size, tc.mask_missing_face, device, pad_to=dm.pad_to)
     lit.model.cpu()
     artifacts = _write_report(cfg, out, dm, stitcher, val_names, history)
+    gates = gate_summary(cfg.data_root, stitcher, dm.val_subjects, dm.source.rows, out / "gates.json")
     metrics = score(stitcher, val_names)
     post = _postprocess(cfg, out, stitcher, val_names)
     metrics.update({f"{k}_post": v for k, v in post["metrics"].items()})
@@ -291,6 +293,7 @@ def train(cfg: Config, *, datamodule: FusionDataModule | None = None, model: tor
                      "label_sources": dm.label_sources},
         "precision": trainer.precision, "accelerator": type(trainer.accelerator).__name__,
         "world_size": trainer.world_size, "fit_seconds": round(fit_s, 2),
+        "gates": gates.get("headline", {}), "gates_degraded_source": gates.get("degraded_source"),
         "config_hash": stable_hash(cfg), "code_version": code_version(),
     }
     atomic_write_json(out / "summary.json", summary)
@@ -340,7 +343,7 @@ def _artifact_paths(out: Path) -> dict[str, Path]:
         "metrics_csv": "metrics.csv", "val_predictions": "val_predictions.parquet",
         "per_subject": "per_subject.csv", "postprocess": "postprocess.json", "val_plot": "val_plot.png",
         "curves": "curves.png", "summary": "summary.json", "identity": "identity.json",
-        "features": "features.json",
+        "features": "features.json", "gates": "gates.json",
     }
     return {k: out / v for k, v in names.items() if (out / v).exists()}
 
@@ -359,4 +362,8 @@ def cli_train(cfg: Config, args) -> int:
         if key in metrics:
             v = metrics[key]
             print(f"  {key:12s} {v:.4f}" if isinstance(v, float) else f"  {key:12s} {v}")
+    if "gates" in artifacts:
+        from abaw.training.report import format_gates
+
+        print(format_gates(json.loads(artifacts["gates"].read_text())))
     return 0
