@@ -120,7 +120,7 @@ def cell_config(level_cfg: Config, variant: Variant, seed: int) -> Config:
 
 
 def finished_cell(cfg: Config) -> dict | None:
-    """The summary.json of a finished cell of this exact config, else None."""
+    """The summary.json of a finished cell of this exact config, else None (``--cached-only``)."""
     from abaw.training.train import run_dir
 
     summary = run_dir(cfg) / "summary.json"
@@ -132,16 +132,10 @@ def finished_cell(cfg: Config) -> dict | None:
 
 
 def train_cell(cfg: Config) -> dict:
-    """Train one cell, or reuse it: its summary.json. The one place that decides reuse.
-
-    Until run identities (contract C1) make ``train(cfg)`` itself reuse a finished run of the same
-    identity, the cell's explicit name carries a digest of its config, and a folder with a summary.json
-    of that config is taken as done."""
+    """Train one cell, or reuse it: ``train(cfg)`` itself returns a finished run of the same identity
+    without training (runs are named by what changes them), so a rerun only fills what is missing."""
     from abaw.training.train import run_dir, train
 
-    done = finished_cell(cfg)
-    if done is not None:
-        return done
     train(cfg)
     return json.loads((run_dir(cfg) / "summary.json").read_text())
 
