@@ -179,7 +179,10 @@ def test_a_fold_whose_validation_subjects_were_fine_tuned_on_is_refused(tuned):
 
 def test_missing_or_foreign_finetuning_is_a_clear_error(synth_cfg, tmp_path, tuned):
     from abaw.errors import AbawError
-    from abaw.features.extract import feature_dir
+    from abaw.features.extract import resolve_feature_dir
+
+    def feature_dir(c, kind):  # what `abaw features` resolves before extracting
+        return resolve_feature_dir(c, kind)[0]
 
     with pytest.raises(AbawError, match="run `abaw finetune`"):
         feature_dir(with_overrides(synth_cfg, ["features.visual.finetuned=never-made"]), "visual")
