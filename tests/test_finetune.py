@@ -345,10 +345,10 @@ def test_release_of_other_face_cues_is_not_reused(tmp_path):
     (out / "ground_truth").mkdir(parents=True)
     marker = {"seed": 0, "scale": 1.0, "version": synth.VERSION, "subjects": {}, "traps": []}
     (out / synth.MARKER).write_text(json.dumps(marker))  # written before face_cues was recorded
-    assert synth._is_complete(out, 0, 1.0, "shape+colour")
-    assert not synth._is_complete(out, 0, 1.0, "shape")
+    assert synth._is_complete(out, 0, 1.0, face_cues="shape+colour")
+    assert not synth._is_complete(out, 0, 1.0, face_cues="shape")
     (out / synth.MARKER).write_text(json.dumps({**marker, "face_cues": "shape"}))
-    assert synth._is_complete(out, 0, 1.0, "shape") and not synth._is_complete(out, 0, 1.0, "shape+colour")
+    assert synth._is_complete(out, 0, 1.0, face_cues="shape") and not synth._is_complete(out, 0, 1.0, face_cues="shape+colour")
     with pytest.raises(ValueError, match="face_cues"):
         synth.generate(tmp_path / "x", scale=0.05, face_cues="colour")
 

@@ -272,7 +272,7 @@ def _degradation(degradation: dict | None) -> dict:
     return d if d.get("face_degraded", 0) > 0 or d.get("voice_degraded", 0) > 0 else {}
 
 
-def _is_complete(out: Path, seed: int, scale: float, degradation: dict | None = None,
+def _is_complete(out: Path, seed: int, scale: float, degradation: dict | None = None, *,
                  face_cues: str = "shape+colour") -> bool:
     try:
         meta = json.loads((out / MARKER).read_text())
@@ -321,7 +321,7 @@ def generate(
     with file_lock(out.parent / f".{out.name}.lock"):
         if face_cues not in media.FACE_CUES:
             raise ValueError(f"synth.face_cues: {face_cues!r} is not one of {media.FACE_CUES}")
-        if not force and _is_complete(out, seed, scale, degradation, face_cues):
+        if not force and _is_complete(out, seed, scale, degradation, face_cues=face_cues):
             log.info("%s already holds the seed=%s scale=%s release", out, seed, scale)
             return out
         if out.exists() and any(out.iterdir()) and not (out / MARKER).exists() and not force:
@@ -410,7 +410,7 @@ def cli_synth(cfg, args) -> int:
     force = bool(getattr(args, "force", False))
     cues = cfg.synth.face_cues
     degradation = cfg.synth.degradation()
-    reused = not force and _is_complete(Path(out).expanduser().resolve(), seed, scale, degradation, cues)
+    reused = not force and _is_complete(Path(out).expanduser().resolve(), seed, scale, degradation, face_cues=cues)
     t0 = time.perf_counter()
     generate(out, seed=seed, scale=scale, force=force, degradation=degradation, face_cues=cues)
     meta = json.loads((out / MARKER).read_text())
