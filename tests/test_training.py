@@ -542,3 +542,29 @@ def test_run_names_mark_folds_and_sanity_controls(tmp_path, monkeypatch):
     base = run_name(cfg)
     monkeypatch.setattr(extract, "feature_dir", lambda c, k: c.release_cache / "features" / f"other-{k}")
     assert run_name(cfg) != base  # another feature cache is another run
+
+
+def test_run_identity_follows_the_data_it_was_trained_on(tmp_path):
+    """A regenerated release (new crops or audio behind the same cache name) or a corrected label file
+    gives another run identity: a finished run is never handed back for data it was not trained on."""
+    import os
+
+    from abaw.training.runs import identity_hash
+
+    cfg = load_config("configs/test.yaml", [f"cache_root={tmp_path / 'cache'}", f"data.root={tmp_path}"])
+    cache = tmp_path / "visual-abc"
+    cache.mkdir()
+    (cache / "s1.inputs.json").write_text('{"crops": "digest-1"}')
+    label = tmp_path / "s1.txt"
+    label.write_text("valence,arousal\n0.1,0.2\n")
+    cfg.index_path.parent.mkdir(parents=True)
+    pl.DataFrame({"subject": ["s1"], "split": ["train"], "label_file": [str(label)]}).write_parquet(cfg.index_path)
+    dirs = {"visual": str(cache), "audio": ""}
+    first = identity_hash(cfg, dirs)
+    assert identity_hash(cfg, dirs) == first
+    (cache / "s1.inputs.json").write_text('{"crops": "digest-2"}')  # re-extracted from other crops
+    second = identity_hash(cfg, dirs)
+    assert second != first
+    label.write_text("valence,arousal\n0.3,0.2\n")  # the label file corrected
+    os.utime(label, ns=(1, 1))
+    assert identity_hash(cfg, dirs) != second

@@ -2,8 +2,10 @@
 
 A run is named ``<readable>-<hash8>``: the readable part says what it is (variant, split, sanity
 controls), the hash covers everything that changes what training produces -- the model section, the
-train settings that matter, the post-processing search, the seed and the *names* of the feature caches
-it reads (which themselves hash the extraction settings). Settings that only change how or where it
+train settings that matter, the post-processing search, the seed, the *names* of the feature caches
+it reads (which themselves hash the extraction settings) and the *data*: what each cached subject was
+extracted from (its input record) and the label files (size, mtime), so a regenerated or corrected
+release never hands back a run trained on the old one. Settings that only change how or where it
 runs (workers, devices, progress bar, resume, the name itself...) are left out, so the same run on
 another machine, or resumed, lands in the same folder. ``identity.json`` in the folder records the
 hash and what it covers; a folder of another identity is never continued or overwritten.
@@ -11,6 +13,7 @@ hash and what it covers; a folder of another identity is never continued or over
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -49,7 +52,30 @@ def identity(cfg: Config, dirs: dict[str, str]) -> dict:
         "postprocess": to_dict(cfg.postprocess),
         "seed": cfg.seed,
         "features": {kind: Path(d).name if d else "" for kind, d in sorted(dirs.items())},
+        "data": data_identity(cfg, dirs),
     }
+
+
+def data_identity(cfg: Config, dirs: dict[str, str]) -> dict[str, str]:
+    """Digests of what the features were extracted from (every ``<subject>.inputs.json`` of each cache)
+    and of the train/val label files (name, size, mtime, from the index). Cheap: small reads and stats."""
+    out = {}
+    for kind, d in sorted(dirs.items()):
+        h = hashlib.sha256()
+        for rec in sorted(Path(d).glob("*.inputs.json")) if d else []:
+            h.update(rec.name.encode() + b"\0" + rec.read_bytes() + b"\0")
+        out[kind] = h.hexdigest()[:16]
+    index = cfg.index_path
+    if index.is_file():
+        import polars as pl
+
+        h = hashlib.sha256()
+        rows = pl.read_parquet(index, columns=["subject", "split", "label_file"])
+        for subject, split, label in sorted(rows.filter(pl.col("split") != "test").iter_rows()):
+            st = Path(label).stat() if label and Path(label).is_file() else None
+            h.update(f"{subject}|{split}|{label}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
+        out["labels"] = h.hexdigest()[:16]
+    return out
 
 
 def identity_hash(cfg: Config, dirs: dict[str, str]) -> str:
