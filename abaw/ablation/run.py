@@ -132,10 +132,14 @@ def finished_cell(cfg: Config) -> dict | None:
 
 
 def train_cell(cfg: Config) -> dict:
-    """Train one cell, or reuse it: ``train(cfg)`` itself returns a finished run of the same identity
-    without training (runs are named by what changes them), so a rerun only fills what is missing."""
+    """Train one cell, or reuse it, so a rerun only fills what is missing. A finished cell is read back
+    without touching training at all; ``train(cfg)`` would also return a finished run of the same
+    identity (runs are named by what changes them) and resumes a killed one."""
     from abaw.training.train import run_dir, train
 
+    done = finished_cell(cfg)
+    if done is not None:
+        return done
     train(cfg)
     return json.loads((run_dir(cfg) / "summary.json").read_text())
 
