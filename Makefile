@@ -15,6 +15,8 @@ CONFIG ?= $(if $(DATA),configs/default.yaml,configs/demo.yaml)
 ARGS ?=
 FLAGS ?=
 K ?= 5
+VIDEO ?=
+RUNS ?=
 COMMON := -c $(CONFIG) $(if $(DATA),--data $(DATA),)
 # $(call flags,<goal>): FLAGS when <goal> is the goal named on the command line (the last one when
 # several are), else nothing, so `make predict FLAGS="--split val"` does not hand --split to `abaw data`.
@@ -24,7 +26,7 @@ ARGS_FLAGS := $(strip $(foreach w,$(ARGS),$(if $(findstring =,$(w)),,$(w))))
 $(if $(ARGS_FLAGS),$(error ARGS takes key=value config overrides only, found "$(ARGS_FLAGS)"; stage flags go in FLAGS, e.g. make tune FLAGS=--report))
 
 .DEFAULT_GOAL := help
-.PHONY: help install data finetune features train folds predict tune submit demo test lint bench clean-demo
+.PHONY: help install data finetune features train folds predict tune ablate submit demo video test lint bench clean-demo
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +36,15 @@ install: $(STAMP) ## create .venv and install abaw with its dev extras
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
+	# abaw video: BlazeFace model files ship in this wheel; --no-deps (it pins numpy<2, jax; never imported)
+	$(PY) -m pip install -q --no-deps mediapipe==0.10.21
+	# Real speech for the video tests (Debian's pocketsphinx-testdata, 1.8 MB); skipped where apt is not ours
+	@if [ -d /usr/share/pocketsphinx/test/data/librivox ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq pocketsphinx-testdata >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq pocketsphinx-testdata >/dev/null 2>&1)) || \
+	  echo "note: pocketsphinx-testdata not installed; the real-footage video test will skip"; \
+	else echo "note: install Debian's pocketsphinx-testdata for the real-footage video test"; fi
 	@touch $@
 
 data: $(STAMP) ## index the release (writes the demo release first when DATA is unset)
@@ -49,8 +60,8 @@ features: finetune ## extract cached visual and audio features
 train: features ## train the configured fusion model
 	$(ABAW) train $(COMMON) $(ARGS) $(call flags,train)
 
-folds: features ## train K folds over train+val by source video (K=5), for an ensemble
-	for f in $$(seq 0 $$(($(K)-1))); do $(ABAW) train $(COMMON) train.folds=$(K) train.fold=$$f $(ARGS) $(call flags,folds) || exit 1; done
+folds: $(STAMP) ## the whole chain per fold, K folds over train+val by source video (K=5); FINETUNED=<name> names each fold's fine-tuning <name>-fold<k>
+	for f in $$(seq 0 $$(($(K)-1))); do $(MAKE) --no-print-directory train FLAGS="$(FLAGS)" ARGS="$(ARGS) train.folds=$(K) train.fold=$$f$(if $(FINETUNED), features.visual.finetuned=$(FINETUNED)-fold$$f)" || exit 1; done
 
 predict: train ## predict a split with the configured run (make predict FLAGS="--split val")
 	$(ABAW) predict $(COMMON) $(ARGS) $(call flags,predict)
@@ -58,11 +69,18 @@ predict: train ## predict a split with the configured run (make predict FLAGS="-
 tune: features ## run (or continue) the Optuna study (make tune FLAGS=--report: its table and plots)
 	$(ABAW) tune $(COMMON) $(ARGS) $(call flags,tune)
 
+ablate: $(STAMP) ## variants x seeds x complementarity levels, one table (FLAGS="--seeds 5 --levels clean strong")
+	$(ABAW) ablate $(COMMON) $(ARGS) $(call flags,ablate)
+
 submit: train ## predict the test set, write, validate and package a submission
 	$(ABAW) submit $(COMMON) $(ARGS) $(call flags,submit)
 
 demo: $(STAMP) ## the whole pipeline on the generated release, scored like a leaderboard
 	$(MAKE) --no-print-directory submit DATA= CONFIG=configs/demo.yaml
+
+video: $(STAMP) ## valence/arousal for any video: make video VIDEO=clip.mp4 RUNS="run1 run2" [FLAGS=--overlay]
+	@test -n "$(VIDEO)" -a -n "$(RUNS)" || { echo "make video needs VIDEO=FILE RUNS=\"RUN...\""; exit 2; }
+	$(ABAW) video $(VIDEO) $(ARGS) $(COMMON) --runs $(RUNS) $(call flags,video)
 
 test: $(STAMP) ## run the test suite (CPU, hermetic)
 	$(PY) -m pytest

@@ -23,10 +23,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "features": ("abaw.features.extract", "cli_features", "extract cached visual and audio features"),
     "train": ("abaw.training.train", "cli_train", "train a fusion model on cached features"),
     "tune": ("abaw.tuning.study", "cli_tune", "run or report an Optuna study"),
+    "ablate": ("abaw.ablation.run", "cli_ablate", "fusion variants x seeds x complementarity levels, one table"),
     "predict": ("abaw.submit.predict", "cli_predict", "predict a split with one or more runs"),
     "submit": ("abaw.submit.submission", "cli_submit", "write, validate and package a submission"),
     "validate": ("abaw.submit.validate", "cli_validate", "check a prediction file independently"),
     "score": ("abaw.submit.score", "cli_score", "score a prediction file against ground truth"),
+    "video": ("abaw.video.pipeline", "cli_video", "predict valence and arousal for any video with trained runs"),
 }
 
 
@@ -62,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="abaw", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     ps = {name: sub.add_parser(name, help=h, description=h) for name, (_, _, h) in COMMANDS.items()}
+    # FILE comes before the common trailing key=value overrides: `abaw video FILE [key=value...]`.
+    ps["video"].add_argument("file", help="the video (any container PyAV reads)")
     for p in ps.values():
         _add_common(p)
 
@@ -83,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
         ps[name].add_argument("--study", default=None)
         ps[name].add_argument("--report", action="store_true", help="print best trials and write plots")
 
+    pa = ps["ablate"]
+    pa.add_argument("--variants", nargs="+", default=None,
+                    help="variants, or label=variant,key=value,... (default: concat rjca grjca grjca_hier xformer)")
+    pa.add_argument("--seeds", default=None, help="a count (5: seeds 0-4, the default) or a list (0,3,7)")
+    pa.add_argument("--levels", nargs="+", default=None,
+                    help="clean moderate strong (default), or 'release' for the configured release as it is")
+    pa.add_argument("--reference", default="rjca", help="variant the paired comparison is against")
+    pa.add_argument("--name", default=None, help="output folder name under <cache>/ablation/")
+    pa.add_argument("--out", default=None, help="output folder (overrides --name)")
+    pa.add_argument("--cached-only", action="store_true", help="tabulate the finished cells only, train nothing")
+
     for name in ("predict", "submit"):
         ps[name].add_argument("--runs", nargs="+", default=None, help="run folders to ensemble")
     ps["predict"].add_argument("--split", default=None, choices=["train", "val", "test"])
@@ -91,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     ps["validate"].add_argument("submission")
     ps["validate"].add_argument("--sample", default=None, help="the organisers' sample prediction file")
     ps["validate"].add_argument("--release", default=None, help="the test set release list")
+
+    pv = ps["video"]
+    pv.add_argument("--runs", nargs="+", required=True, help="run folders or names to ensemble")
+    pv.add_argument("--out", default=None, help="output folder (default: ./<video stem>_abaw)")
+    pv.add_argument("--face", default=None, help="which face: N from the left (0 = leftmost), left, right")
+    pv.add_argument("--every", type=int, default=1, help="detect on every k-th frame, track in between")
+    pv.add_argument("--detector", default="auto", choices=["auto", "short", "full"])
+    pv.add_argument("--device", default=None, help="features and prediction device (default: the runs')")
+    pv.add_argument("--crops", action="store_true", help="also write the aligned crops")
+    pv.add_argument("--overlay", action="store_true", help="write overlay.mp4 (face box, VA dot, audio)")
+    pv.add_argument("--no-progress", action="store_true")
 
     ps["score"].add_argument("submission")
     ps["score"].add_argument("--truth", default=None, help="folder of ground-truth annotation files")

@@ -59,6 +59,8 @@ def main() -> None:
     models["grjca_hier encoder=blstm"] = build_model(ModelConfig(encoder="blstm"), IN_AUDIO, IN_VISUAL)
     models["grjca_hier per-iteration"] = build_model(ModelConfig(shared_weights=False), IN_AUDIO, IN_VISUAL)
     models["grjca_hier paper_mode"] = build_model(ModelConfig(paper_mode=True), IN_AUDIO, IN_VISUAL)
+    models["grjca_hier gate_norm learn_tau"] = build_model(ModelConfig(gate_norm=True, learn_tau=True),
+                                                           IN_AUDIO, IN_VISUAL)
     for model in models.values():
         model.to(device).train()
 

@@ -21,7 +21,8 @@ def index_table(n_videos: int = 30, seed: int = 1) -> pl.DataFrame:
         rows += [{"subject": s, "video": video, "split": split, "n_frames": n, "usable": True} for s in names]
     rows += [{"subject": f"test{i}", "video": f"test{i}", "split": "test", "n_frames": 100, "usable": True}
              for i in range(3)]
-    rows.append({"subject": "broken", "video": "broken", "split": "train", "n_frames": 100, "usable": False})
+    rows.append({"subject": "broken", "video": "broken", "split": "train", "n_frames": 100, "usable": False,
+                 "errors": ["no readable video"]})
     # Shuffled rows: the folds must not depend on the order of the table (or of a directory listing).
     return pl.DataFrame(rows).sample(fraction=1.0, shuffle=True, seed=seed)
 
@@ -44,12 +45,28 @@ def test_folds_partition_subjects_by_source_video():
         s = make_split(table, folds=5, fold=k, seed=0)
         assert set(s.train).isdisjoint(s.val)
         assert set(s.train) | set(s.val) == labelled  # test and unusable subjects never appear
-        assert s.excluded == {"broken": "marked unusable in the index"}
+        assert s.excluded == {"broken": "marked unusable in the index (no readable video)"}
         seen_val += s.val
         val_videos = {v.split("_")[0] for v in s.val}
         train_videos = {v.split("_")[0] for v in s.train}
         assert val_videos.isdisjoint(train_videos), "a left/right pair was split across train and val"
     assert sorted(seen_val) == sorted(labelled)  # every subject validated exactly once over the folds
+
+
+def test_folds_keep_both_sides_together_when_each_has_its_own_raw_file():
+    """With per-side raw files the index's ``video`` column is ``X_left``/``X_right``; the two people of
+    one recording must still share a fold (grouped by the subject name without its side)."""
+    rows = []
+    for i in range(12):
+        for side in ("_left", "_right"):
+            rows.append({"subject": f"{i:03d}{side}", "video": f"{i:03d}{side}", "split": "train",
+                         "n_frames": 100 + 37 * i, "usable": True})
+    table = pl.DataFrame(rows)
+    for k in range(3):
+        s = make_split(table, folds=3, fold=k, seed=0)
+        strip = lambda names: {n.rsplit("_", 1)[0] for n in names}  # noqa: E731
+        assert strip(s.train).isdisjoint(strip(s.val)), f"fold {k}: a pair split across train and val"
+        assert set(s.fold_of_video) == {f"{i:03d}" for i in range(12)}
 
 
 def test_folds_balance_frames():

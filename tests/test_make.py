@@ -118,7 +118,7 @@ def test_flags_reach_only_the_goal_stage_and_args_reach_every_stage():
     assert proc.returncode == 0, proc.stderr
     calls = abaw_calls(proc.stdout)
     stages = [c[0] for c in calls]
-    assert stages[-4:] == ["data", "features", "train", "predict"], stages
+    assert stages[-5:] == ["data", "finetune", "features", "train", "predict"], stages
     for call in calls:
         if call[0] == "synth":
             continue

@@ -43,7 +43,7 @@ def inputs(B: int, L: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_registry_matches_config_names():
-    assert set(MODELS) == set(VARIANTS) == {"grjca_hier", "grjca", "rjca", "concat", "audio", "visual"}
+    assert set(MODELS) == set(VARIANTS) == {"grjca_hier", "grjca", "rjca", "concat", "xformer", "audio", "visual"}
     with pytest.raises(ValueError, match=r"model.variant='nope'.*grjca_hier"):
         ModelConfig(variant="nope")
 
@@ -69,6 +69,8 @@ def test_forward_backward_at_several_lengths(variant):
     dict(encoder="blstm", head="tcn"),
     dict(shared_weights=False, gate_input="att", feed="att", iterations=3),
     dict(paper_mode=True, paper_length=40),
+    dict(gate_norm=True, learn_tau=True, gate_dropout=0.3, att_residual=False),
+    dict(gate_tau=0.1, stage_tau=0.1),  # the paper's form
 ])
 def test_options_forward_backward(options):
     model = make("grjca_hier", **options)
@@ -283,6 +285,8 @@ def test_shape_errors_name_expected_and_actual():
     (dict(feed="x"), "model.feed='x'"),
     (dict(iterations=0), "model.iterations=0"),
     (dict(dropout=1.0), "model.dropout=1.0"),
+    (dict(gate_dropout=1.0), "model.gate_dropout=1.0"),
+    (dict(variant="xformer", xf_heads=5), "model.xf_heads=5"),
 ])
 def test_config_rejects_bad_values(bad, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -312,3 +316,69 @@ def test_model_code_is_device_agnostic():
     src = Path(__file__).resolve().parents[1] / "abaw" / "models"
     offenders = [p.name for p in src.glob("*.py") if re.search(r"\.cuda\(|device=['\"]cuda", p.read_text())]
     assert offenders == []
+
+
+# ---- gate options and the xformer baseline ------------------------------------------------------------
+def test_normalised_gate_ignores_the_scale_of_its_inputs():
+    """gate_norm: the gate sees LayerNorm'd inputs, so scaling the features (as their ReLU scale grows
+    in training) does not sharpen it; the paper's form does sharpen."""
+    from abaw.models.gates import IterationGate
+
+    torch.manual_seed(0)
+    x0, xa = torch.rand(2, 10, 8), torch.rand(2, 10, 8)
+    for norm in (True, False):
+        gate = IterationGate(8, "concat", 0.1, norm=norm)
+        torch.nn.init.normal_(gate.proj.weight, std=0.3)
+        g1, _ = gate(x0, xa)
+        g10, _ = gate(10 * x0, 10 * xa)
+        assert bool((g1 - g10).abs().max() < 1e-3) == norm
+
+
+def test_learnt_temperature_gets_a_gradient_and_gate_dropout_mixes_evenly():
+    from abaw.models.gates import IterationGate
+
+    gate = IterationGate(8, "concat", 1.0, learn_tau=True, dropout=0.999)
+    torch.nn.init.normal_(gate.proj.weight, std=1.0)
+    x0, xa = torch.rand(2, 10, 8), torch.rand(2, 10, 8)
+    gate.train()
+    g, _ = gate(x0, xa)
+    assert torch.allclose(g, torch.full_like(g, 0.5))  # (almost) every frame dropped to an even mix
+    gate.eval()
+    g, _ = gate(x0, xa)
+    assert not torch.allclose(g, torch.full_like(g, 0.5))  # dropout is for training only
+    g[..., 1].sum().backward()
+    assert gate.temperature.log_tau.grad is not None and gate.temperature.log_tau.grad != 0
+    assert IterationGate(8, "concat", 0.1).tau == pytest.approx(0.1)
+
+
+def test_without_residual_the_attended_branch_no_longer_contains_the_input():
+    """att_residual=false (gated variants): X_att is the attention update alone; an ungated rjca keeps
+    the residual whatever the option says (it has no other unimodal path)."""
+    from abaw.models.attention import RecursiveJointCrossAttention
+
+    dims = {"audio": 8, "visual": 8}
+    xs = {m: torch.rand(1, 12, 8) + 5.0 for m in dims}  # far from what ReLU(W A) produces
+    mask = torch.ones(1, 12, dtype=torch.bool)
+    for residual in (True, False):
+        torch.manual_seed(0)
+        rec = RecursiveJointCrossAttention(dims, 1, True, 0.0, residual=residual).eval()
+        att = rec.steps[0](xs, mask)
+        assert bool((att["audio"] >= xs["audio"] - 1e-6).all()) == residual
+    torch.manual_seed(0)
+    rjca = RecursiveJointCrossAttention(dims, 1, True, 0.0, iteration_gate=False, stage_gate=False, residual=False)
+    assert rjca.steps[0].residual
+
+
+def test_xformer_is_comparable_in_size_and_has_no_gates():
+    full = {v: count_parameters(build_model(ModelConfig(variant=v), 192, 512)) for v in ("grjca_hier", "xformer")}
+    assert 0.8 < full["xformer"] / full["grjca_hier"] < 1.25
+    out = make("xformer")(*inputs(2, 20), torch.ones(2, 20, dtype=torch.bool))
+    assert out.gates == {}
+
+
+def test_xformer_survives_a_row_without_frames():
+    model = make("xformer").eval()
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[1] = False
+    out = model(*inputs(2, 16), mask)
+    assert torch.isfinite(out.pred).all()

@@ -132,3 +132,20 @@ def test_cli_predict_writes_frame_axis_parquet(patched, monkeypatch):
     assert out.filter(pl.col("subject") == "v21")["frame"].to_list() == list(range(40))
     meta = json.loads((run / "predictions" / "test.json").read_text())
     assert meta["frames"] == 160 and meta["runs"][0]["run"] == str(run)
+
+
+def test_prediction_takes_the_caches_from_the_runs_features_record(trained, monkeypatch):
+    """Issue 10.15: once a run is trained, predicting on its release reads the caches its features.json
+    names; the backbone config is never re-resolved (a moved weights file no longer matters)."""
+    import abaw.features.extract as extract
+
+    cfg, table, run = trained
+    record = json.loads((run / "features.json").read_text())
+    assert record["visual"]["dir"] == str(fake_feature_dir(cfg, "visual").resolve())
+
+    def moved(cfg_, kind):
+        raise FileNotFoundError(f"weights file of the {kind} backbone moved")
+
+    monkeypatch.setattr(extract, "feature_dir", moved)
+    preds = predict_subjects(run, ["v20", "v21"], table=table)
+    assert {s: len(p) for s, p in preds.items()} == {"v20": 120, "v21": 40}

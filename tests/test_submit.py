@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from abaw.submit.package import SubmissionExistsError, make_zip, read_index
@@ -413,6 +414,34 @@ def test_submit_writes_validates_scores_and_lists(submit_cfg, monkeypatch, capsy
     out = capsys.readouterr().out
     assert "Leaderboard" in out and "demo-2  " in out and "<-" in out and "padded" in out
     assert [r["name"] for r in read_index(folder.parent)] == ["demo-1", "demo-2"]
+
+
+def test_submit_takes_test_order_and_row_counts_from_the_index(submit_cfg, monkeypatch):
+    """Issue 10.15: the references are the index's test rows (order and frame axis), not a second
+    reading of the release list and sample file."""
+    import abaw.data.release as release
+    from abaw.data.index import load_index
+    from abaw.submit.submission import SubmissionError, test_references
+
+    table = load_index(submit_cfg).table
+    test = table.filter(pl.col("split") == "test")
+    first = test["subject"][0]
+
+    def no_rereading(*a, **k):
+        raise AssertionError("the release list / sample file was read again")
+
+    monkeypatch.setattr(release, "read_sample_counts", no_rereading)
+    monkeypatch.setattr(release, "read_release_list", no_rereading)
+    changed = table.with_columns(pl.when(pl.col("subject") == first).then(pl.col("n_frames") + 7)
+                                 .otherwise(pl.col("n_frames")).alias("n_frames"))
+    refs = test_references(submit_cfg, changed)
+    assert refs.order == test["subject"].to_list()
+    assert refs.counts[first] == test["n_frames"][0] + 7
+    assert refs.count_source[first] == ("sample" if test["sample_rows"][0] is not None else "container")
+    broken = table.with_columns(pl.when(pl.col("subject") == first).then(None).otherwise(pl.col("n_frames"))
+                                .alias("n_frames"))
+    with pytest.raises(SubmissionError, match=f"test subject {first} has no row count"):
+        test_references(submit_cfg, broken)
 
 
 def test_cli_validate_and_score(submit_cfg, good, refs, truth, tmp_path, capsys):

@@ -442,3 +442,128 @@ def test_curve_faces_carry_valence_in_geometry_only(cue_release):
         assert ok.mean() > 0.95 and r_shape > 0.9, (ok.mean(), r_shape)
     else:
         assert r_mouth > 0.5, r_mouth
+
+
+# ---- complementarity on demand: degraded face and voice runs -----------------------------------------
+STRONG = {"face_degraded": 0.4, "face_kinds": ["occluded", "blurred", "missing"],
+          "voice_degraded": 0.4, "voice_kinds": ["silence", "noise", "speaker"], "degrade_run_s": 1.0}
+
+
+@pytest.fixture(scope="module")
+def degraded_twins(tmp_path_factory):
+    """The same seed and scale, undegraded and strongly degraded."""
+    base = tmp_path_factory.mktemp("degraded")
+    clean = synth.generate(base / "clean", seed=5, scale=TINY)
+    deg = synth.generate(base / "strong", seed=5, scale=TINY, degradation=STRONG)
+    return clean, deg
+
+
+def _frame_mask(n: int, runs: list, kind: str | None = None) -> np.ndarray:
+    m = np.zeros(n, bool)
+    for s, e, k in runs:
+        if kind is None or k == kind:
+            m[s:e] = True
+    return m
+
+
+def test_degradation_is_recorded_and_only_adds_runs(degraded_twins):
+    clean, deg = degraded_twins
+    mc, md = _meta(clean), _meta(deg)
+    assert mc["degradation"] == {} and md["degradation"] == STRONG
+    assert set(mc["subjects"]) == set(md["subjects"])
+    fractions = {"visual": [], "audio": []}
+    for subject, info in md["subjects"].items():
+        n = info["label_rows"] or info["sample_rows"]
+        # Labels are the same: degradation changes the media, never the emotion.
+        assert _read_labels(_label_path(deg, subject, info["split"])).tolist() == \
+            _read_labels(_label_path(clean, subject, info["split"])).tolist()
+        assert _frame_mask(n, info["degraded"]["visual"], "missing").tolist() == \
+            _frame_mask(n, [[s, e, "m"] for s, e in info["missing_crop_runs"]]).tolist()
+        for m in ("visual", "audio"):
+            was = _frame_mask(n, mc["subjects"][subject]["degraded"][m])
+            now = _frame_mask(n, info["degraded"][m])
+            assert not (was & ~now).any(), (subject, m)  # the planted traps stay
+            if info["has_audio"] or m == "visual":
+                fractions[m].append(now.mean())
+    # About the asked-for fraction on top of the traps, per modality.
+    assert 0.35 < np.mean(fractions["visual"]) < 0.6
+    assert 0.35 < np.mean(fractions["audio"]) < 0.6
+    # Drawn independently: the face and voice runs are not the same runs.
+    assert any(info["degraded"]["visual"] != info["degraded"]["audio"] for info in md["subjects"].values())
+
+
+def test_degraded_face_is_in_the_crops(degraded_twins):
+    """Read the crops back: occluded and blurred frames differ from the clean release's, clean frames
+    are byte-identical, and blurred crops lose their fine detail."""
+    clean, deg = degraded_twins
+    md, mc = _meta(deg), _meta(clean)
+    seen = set()
+    for subject, info in md["subjects"].items():
+        n = info["label_rows"] or info["sample_rows"]
+        bad = _frame_mask(n, info["degraded"]["visual"])
+        trap = _frame_mask(n, mc["subjects"][subject]["degraded"]["visual"])  # already in the clean release
+        for s, e, kind in info["degraded"]["visual"]:
+            if kind == "missing":
+                continue
+            seen.add(kind)
+            for i in [i for i in range(s, min(e, info["decoded_frames"])) if not trap[i]][::7]:
+                name = f"{i + 1:05d}.jpg"
+                a = np.asarray(Image.open(clean / "cropped_aligned" / subject / name), np.float32)
+                b = np.asarray(Image.open(deg / "cropped_aligned" / subject / name), np.float32)
+                assert np.abs(a - b).mean() > 4, (subject, i, kind)
+                if kind == "blurred":
+                    detail = lambda x: np.abs(np.diff(x, axis=0)).mean()  # noqa: E731
+                    assert detail(b) < 0.5 * detail(a), (subject, i)
+        ok = [i for i in range(min(n, info["decoded_frames"])) if not bad[i]][::25]
+        for i in ok:
+            name = f"{i + 1:05d}.jpg"
+            assert (clean / "cropped_aligned" / subject / name).read_bytes() == \
+                (deg / "cropped_aligned" / subject / name).read_bytes(), (subject, i)
+    assert seen == {"occluded", "blurred"}
+
+
+def test_degraded_voice_is_in_the_soundtrack(degraded_twins):
+    """Decode both soundtracks: silence runs are quiet, noise runs loud, a second speaker's runs differ
+    from the clean voice, and outside the runs the two soundtracks agree."""
+    clean, deg = degraded_twins
+    md = _meta(deg)
+    seen = set()
+    mc = _meta(clean)
+    for subject, info in {x["video"]: (s, x) for s, x in md["subjects"].items()}.values():
+        if not info["has_audio"]:
+            continue
+        _, sr, xc = decode_audio(clean / info["video_path"])
+        _, _, xd = decode_audio(deg / info["video_path"])
+        k = min(len(xc), len(xd))
+        xc, xd = xc[:k].astype(np.float64), xd[:k].astype(np.float64)
+        times = synth.media.demux_frame_times(deg / info["video_path"])
+        n = len(times)
+        trap = _frame_mask(n + 10, mc["subjects"][subject]["degraded"]["audio"])  # in the clean release too
+        rms = lambda x, a, b: float(np.sqrt(np.mean(x[a:b] ** 2)) + 1e-9)  # noqa: E731
+        for s, e, kind in info["degraded"]["audio"]:
+            if e - s < 6 or e >= n or trap[s:e].any():
+                continue
+            a, b = int(times[s + 2] * sr), int(times[e - 2] * sr)
+            seen.add(kind)
+            ref = rms(xc, a, b)
+            if kind == "silence":
+                assert rms(xd, a, b) < 0.2 * ref, info["video"]
+            elif kind == "noise":
+                assert rms(xd, a, b) > 2 * ref, info["video"]
+            else:
+                assert rms(xd - xc, a, b) > 0.3 * ref, info["video"]
+        good = ~_frame_mask(n + 10, info["degraded"]["audio"])
+        good &= ~np.convolve(~good, np.ones(9), "same").astype(bool)  # away from run edges
+        idx = np.flatnonzero(good[:n])
+        if len(idx):
+            sel = np.concatenate([np.arange(int(times[i] * sr), int(times[i] * sr) + sr // 50) for i in idx])
+            sel = sel[sel < k]
+            assert np.sqrt(np.mean((xd[sel] - xc[sel]) ** 2)) < 0.05 * np.sqrt(np.mean(xc[sel] ** 2))
+    assert seen == {"silence", "noise", "speaker"}
+
+
+def test_release_of_other_degradation_is_not_reused(tmp_path):
+    out = synth.generate(tmp_path / "r", seed=1, scale=0.05)
+    assert synth._is_complete(out, 1, 0.05)
+    assert not synth._is_complete(out, 1, 0.05, {"face_degraded": 0.2, "voice_degraded": 0.0})
+    assert synth._is_complete(out, 1, 0.05, {"face_degraded": 0.0, "voice_degraded": 0.0})

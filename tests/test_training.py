@@ -203,8 +203,11 @@ def test_cache_that_does_not_match_the_frame_axis_is_named(fake):
     with pytest.raises(ValueError, match=r"v01.*240 feature rows.*999 frames"):
         datamodule(cfg, bad)
     missing = pl.concat([table, table.filter(pl.col("subject") == "v01").with_columns(subject=pl.lit("ghost"))])
-    with pytest.raises(FileNotFoundError, match="ghost.*abaw features"):
+    with pytest.raises(FileNotFoundError, match="ghost.*abaw features") as e:
         datamodule(cfg, missing)
+    from abaw.errors import AbawError
+
+    assert isinstance(e.value, AbawError)  # the CLI prints one line, not a traceback
 
 
 def test_collate_pads_to_the_longest_window():
@@ -242,9 +245,11 @@ def test_training_run_writes_its_artifacts_and_learns(fake):
     cfg, table = fake
     cfg = with_overrides(cfg, ["train.max_epochs=6", "train.name=pointwise"])
     rec = ModeRecorder()
-    metrics, art = train(cfg, datamodule=datamodule(cfg, table), model=PointwiseModel(p_drop=0.1),
-                         callbacks=[rec])
+    dm = datamodule(cfg, table)
+    metrics, art = train(cfg, datamodule=dm, model=PointwiseModel(p_drop=0.1), callbacks=[rec])
     run = cfg.release_cache / "runs" / "pointwise"
+    # The schedule's length is computed without the loader; it must match the steps Lightning ran.
+    assert torch.load(run / "last.ckpt", weights_only=False)["global_step"] == dm.steps_per_epoch() * 6
     for name in ("best.ckpt", "last.ckpt", "config.yaml", "folds.json", "val_predictions.parquet",
                  "metrics.csv", "per_subject.csv", "postprocess.json", "val_plot.png", "curves.png",
                  "summary.json"):
@@ -253,7 +258,7 @@ def test_training_run_writes_its_artifacts_and_learns(fake):
     # The features carry the labels: six short epochs must find them (a broken loop scores ~0).
     assert metrics["p_va"] > 0.5, metrics
     assert metrics["p_va_post"] >= metrics["p_va"] - 1e-6  # window 1 is a candidate
-    history = pl.read_csv(run / "metrics.csv")
+    history = epoch_rows(run)
     assert history["epoch"].to_list() == list(range(6))
     assert {"train/loss", "val/p_va", "val/ccc_v", "val/ccc_a", "val/p_va_best", "lr"} <= set(history.columns)
     assert any(c.startswith("gate/audio/iter") for c in history.columns)
@@ -271,31 +276,167 @@ def test_training_run_writes_its_artifacts_and_learns(fake):
     assert art["best"] == run / "best.ckpt"
 
 
-def test_resume_continues_from_the_saved_epoch(fake):
+def epoch_rows(run):
+    """metrics.csv (Lightning's CSVLogger): the per-epoch rows, those with validation metrics."""
+    return pl.read_csv(run / "metrics.csv").filter(pl.col("val/p_va").is_not_null())
+
+
+def test_a_changed_config_trains_its_own_run_and_leaves_the_first_untouched(fake):
+    """Issue 10.1: after a finished run, a changed lr must really train with the new lr, in its own
+    folder (readable name + hash); the first run's files stay byte for byte as they were."""
     from abaw.training.train import train
 
     cfg, table = fake
-    one = with_overrides(cfg, ["train.max_epochs=1", "train.name=resumable", "train.scheduler=none"])
+    first = with_overrides(cfg, ["train.max_epochs=1"])
+    m1, art1 = train(first, datamodule=datamodule(first, table), model=PointwiseModel())
+    run1 = art1["summary"].parent
+    assert run1.name.startswith("grjca_hier-official-") and len(run1.name.rsplit("-", 1)[1]) == 8
+    before = {p.name: p.read_bytes() for p in run1.iterdir() if p.is_file()}
+
+    second = with_overrides(first, ["train.lr=0.01"])
+    m2, art2 = train(second, datamodule=datamodule(second, table), model=PointwiseModel())
+    run2 = art2["summary"].parent
+    assert run2 != run1 and run2.name.startswith("grjca_hier-official-")
+    ckpt = torch.load(run2 / "best.ckpt", weights_only=False)
+    assert ckpt["hyper_parameters"]["train_cfg"]["lr"] == 0.01
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 0.01
+    assert ckpt["global_step"] > 0  # trained, not restored
+    assert {p.name: p.read_bytes() for p in run1.iterdir() if p.is_file()} == before
+
+    # The same config again: complete, returned as it is, nothing trained or rewritten.
+    again, art = train(first, datamodule=datamodule(first, table), model=PointwiseModel())
+    assert again == pytest.approx(m1) and art["summary"].parent == run1
+    assert {p.name: p.read_bytes() for p in run1.iterdir() if p.is_file()} == before
+    # Settings that do not change training (workers, progress, device) keep the identity.
+    from abaw.training.runs import run_name
+
+    quiet = with_overrides(first, ["train.num_workers=2", "train.progress_bar=false", "train.accelerator=cpu"])
+    assert run_name(quiet) == run1.name
+
+
+def test_an_explicit_name_holding_another_identity_is_refused(fake):
+    from abaw.errors import AbawError
+    from abaw.training.train import train
+
+    cfg, table = fake
+    one = with_overrides(cfg, ["train.max_epochs=1", "train.name=mine"])
     train(one, datamodule=datamodule(one, table), model=PointwiseModel())
-    run = one.release_cache / "runs" / "resumable"
-    first = torch.load(run / "last.ckpt", weights_only=False)
-    steps = first["global_step"]
-    assert first["epoch"] == 0 and steps > 0
-    row0 = pl.read_csv(run / "metrics.csv").row(0, named=True)
+    run = one.release_cache / "runs" / "mine"
+    ckpt = (run / "best.ckpt").read_bytes()
+    other = with_overrides(one, ["train.lr=0.01"])
+    with pytest.raises(AbawError, match=r"runs/mine: holds run .*differs in train\.lr"):
+        train(other, datamodule=datamodule(other, table), model=PointwiseModel())
+    assert (run / "best.ckpt").read_bytes() == ckpt
 
-    two = with_overrides(one, ["train.max_epochs=2"])
-    metrics, _ = train(two, datamodule=datamodule(two, table), model=PointwiseModel())
-    second = torch.load(run / "last.ckpt", weights_only=False)
-    assert second["epoch"] == 1 and second["global_step"] == 2 * steps
-    history = pl.read_csv(run / "metrics.csv")
-    assert history["epoch"].to_list() == [0, 1]
-    assert history.row(0, named=True) == pytest.approx(row0)  # epoch 0 restored, not retrained
-    assert metrics["epochs"] == 2
 
-    # Same config again: the run is complete, nothing is retrained.
-    again, _ = train(two, datamodule=datamodule(two, table), model=PointwiseModel())
-    assert again == pytest.approx(metrics)
-    assert torch.load(run / "last.ckpt", weights_only=False)["global_step"] == 2 * steps
+class Kill(Exception):
+    pass
+
+
+class KillInEpoch:
+    """A callback that dies (like kill -9, but in-process) as epoch ``k`` starts, after epoch k-1 was
+    checkpointed."""
+
+    def __new__(cls, k: int):
+        import pytorch_lightning as pl
+
+        class _Kill(pl.Callback):
+            def on_train_epoch_start(self, trainer, module):
+                if trainer.current_epoch == k:
+                    raise Kill(f"killed in epoch {k}")
+
+        return _Kill()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_killed_and_resumed_run_ends_like_an_uninterrupted_one(fake, num_workers):
+    """Issue 10.3: with train.deterministic=true on CPU a run killed in epoch 2 and resumed ends with
+    exactly the metrics of the uninterrupted run (dropout, window order and worker seeds restored)."""
+    from abaw.training.train import train
+
+    cfg, table = fake
+    base = with_overrides(cfg, ["train.max_epochs=4", "train.deterministic=true", "train.accelerator=cpu",
+                                f"train.num_workers={num_workers}", "train.progress_bar=false"])
+
+    def run(name, callbacks=()):
+        c = with_overrides(base, [f"train.name={name}"])
+        torch.manual_seed(0)
+        return train(c, datamodule=datamodule(c, table), model=PointwiseModel(p_drop=0.3), callbacks=callbacks)
+
+    whole, art = run("whole")
+    with pytest.raises(Kill):
+        run("killed", [KillInEpoch(2)])
+    killed = base.release_cache / "runs" / "killed"
+    assert torch.load(killed / "last.ckpt", weights_only=False)["epoch"] == 1
+    assert not (killed / "summary.json").exists()
+    torch.manual_seed(123)  # whatever the process did in between must not matter
+    resumed, _ = run("killed")
+    a, b = epoch_rows(art["summary"].parent), epoch_rows(killed)
+    assert resumed == whole  # exactly, not approximately
+    assert a["epoch"].to_list() == b["epoch"].to_list() == [0, 1, 2, 3]  # curve kept across the kill
+    np.testing.assert_array_equal(a["val/p_va"].to_numpy(), b["val/p_va"].to_numpy())
+
+
+def test_session_epochs_pause_and_the_next_invocation_continues(fake):
+    from abaw.training.train import RunPaused, train
+
+    cfg, table = fake
+    c = with_overrides(cfg, ["train.max_epochs=3", "train.session_epochs=2", "train.name=sliced"])
+    with pytest.raises(RunPaused, match="paused after epoch 2 of 3"):
+        train(c, datamodule=datamodule(c, table), model=PointwiseModel())
+    metrics, art = train(c, datamodule=datamodule(c, table), model=PointwiseModel())
+    assert metrics["epochs"] == 3
+    assert torch.load(art["last"], weights_only=False)["epoch"] == 2
+    assert epoch_rows(art["summary"].parent)["epoch"].to_list() == [0, 1, 2]
+
+
+def test_train_says_which_subjects_it_excludes(fake, caplog):
+    from abaw.training.train import train
+
+    cfg, table = fake
+    bad = table.with_columns(
+        usable=pl.col("subject") != "v05",
+        errors=pl.when(pl.col("subject") == "v05").then(pl.lit(["video unreadable"])).otherwise(pl.lit([]))
+        .cast(pl.List(pl.String)))
+    c = with_overrides(cfg, ["train.max_epochs=1", "train.name=excl"])
+    with caplog.at_level("WARNING", logger="abaw.training.train"):
+        train(c, datamodule=datamodule(c, bad), model=PointwiseModel())
+    assert "excluded v05: marked unusable in the index (video unreadable)" in caplog.text
+
+
+def test_every_run_folder_records_its_feature_caches(fake):
+    from abaw.training.train import train
+
+    cfg, table = fake
+    for path in (fake_feature_dir(cfg, "visual"), fake_feature_dir(cfg, "audio")):
+        (path / "settings.json").write_text(json.dumps({"kind": path.name, "img_size": 32}))
+    c = with_overrides(cfg, ["train.max_epochs=1"])
+    _, art = train(c, datamodule=datamodule(c, table), model=PointwiseModel())
+    record = json.loads((art["summary"].parent / "features.json").read_text())
+    assert set(record) == {"visual", "audio"}
+    for kind in ("visual", "audio"):
+        assert record[kind]["dir"] == str(fake_feature_dir(cfg, kind).resolve())
+        assert record[kind]["settings"] == {"kind": f"fake-{kind}", "img_size": 32}
+
+
+def test_paper_mode_pads_to_the_paper_length(fake):
+    """Issue 10.13: paper mode trains end to end (short subjects padded to paper_length), and a window
+    that differs from paper_length is refused before anything is written."""
+    from abaw.errors import AbawError
+    from abaw.training.train import train
+
+    cfg, table = fake
+    paper = with_overrides(cfg, ["model.paper_mode=true", "model.paper_length=64", "train.max_epochs=1",
+                                 "train.name=paper"])
+    metrics, art = train(paper, datamodule=datamodule(paper, table))  # v02 (50) and v11 (60) are short
+    assert np.isfinite(metrics["p_va"])
+    bad = with_overrides(paper, ["train.window=48", "train.hop=32", "train.name=paper-bad"])
+    with pytest.raises(AbawError, match=r"expected L=64 .*train\.window=48"):
+        train(bad, datamodule=datamodule(bad, table))
+    assert not (paper.release_cache / "runs" / "paper-bad").exists()
+    whole = with_overrides(paper, ["train.eval_window=-1", "train.name=paper-whole"])
+    with pytest.raises(AbawError, match="whole subjects"):
+        train(whole, datamodule=datamodule(whole, table))
 
 
 def test_kfold_run_records_its_split(fake):
@@ -303,9 +444,9 @@ def test_kfold_run_records_its_split(fake):
 
     cfg, table = fake
     cfg = with_overrides(cfg, ["train.folds=3", "train.fold=1", "train.max_epochs=1"])
-    train(cfg, datamodule=datamodule(cfg, table), model=PointwiseModel())
-    run = cfg.release_cache / "runs" / f"{cfg.model.variant}-fold1"
-    folds = json.loads((run / "folds.json").read_text())
+    _, art = train(cfg, datamodule=datamodule(cfg, table), model=PointwiseModel())
+    assert art["summary"].parent.name.startswith(f"{cfg.model.variant}-fold1-")
+    folds = json.loads(art["folds"].read_text())
     assert folds["mode"] == "kfold" and folds["fold"] == 1 and folds["folds"] == 3
     assert set(folds["official_val_in_train"]) <= {"v10", "v11", "v12"}
     videos = lambda names: {n.replace("_left", "").replace("_right", "") for n in names}  # noqa: E731
@@ -374,12 +515,56 @@ def test_audio_alignment_matters(synth_features):
     assert ccc_a[0.0] - max(ccc_a[-0.5], ccc_a[0.5]) > 0.05, ccc_a
 
 
-def test_run_names_mark_folds_and_sanity_controls():
+def test_run_names_mark_folds_and_sanity_controls(tmp_path, monkeypatch):
+    import abaw.features.extract as extract
     from abaw.training.train import run_name
 
-    cfg = load_config("configs/test.yaml")
-    assert run_name(cfg) == "grjca_hier-official"
-    assert run_name(with_overrides(cfg, ["train.folds=5", "train.fold=3", "model.variant=rjca"])) == "rjca-fold3"
-    assert run_name(with_overrides(cfg, ["train.shuffle_labels=true"])) == "grjca_hier-official-shuffled-labels"
-    assert run_name(with_overrides(cfg, ["train.audio_shift_s=0.5"])) == "grjca_hier-official-audio-shift+0.5s"
+    monkeypatch.setattr(extract, "feature_dir", fake_feature_dir)
+    cfg = load_config("configs/test.yaml", [f"cache_root={tmp_path}"])
+
+    def readable(c):
+        name = run_name(c)
+        assert len(name.rsplit("-", 1)[1]) == 8
+        return name.rsplit("-", 1)[0]
+
+    assert readable(cfg) == "grjca_hier-official"
+    assert readable(with_overrides(cfg, ["train.folds=5", "train.fold=3", "model.variant=rjca"])) == "rjca-fold3"
+    assert readable(with_overrides(cfg, ["train.shuffle_labels=true"])) == "grjca_hier-official-shuffled-labels"
+    assert readable(with_overrides(cfg, ["train.audio_shift_s=0.5"])) == "grjca_hier-official-audio-shift+0.5s"
     assert run_name(with_overrides(cfg, ["train.name=mine", "train.shuffle_labels=true"])) == "mine"
+    # What changes training changes the hash; what only changes how it runs does not.
+    for changed in ("train.lr=0.01", "seed=1", "model.d_audio=8", "train.fold_seed=2", "train.max_epochs=3",
+                    "postprocess.windows=[1]"):
+        assert run_name(with_overrides(cfg, [changed])) != run_name(cfg), changed
+    for same in ("train.num_workers=3", "train.devices=2", "train.progress_bar=false", "train.resume=false",
+                 "train.session_epochs=1", "train.deterministic=true"):
+        assert run_name(with_overrides(cfg, [same])) == run_name(cfg), same
+    base = run_name(cfg)
+    monkeypatch.setattr(extract, "feature_dir", lambda c, k: c.release_cache / "features" / f"other-{k}")
+    assert run_name(cfg) != base  # another feature cache is another run
+
+
+def test_run_identity_follows_the_data_it_was_trained_on(tmp_path):
+    """A regenerated release (new crops or audio behind the same cache name) or a corrected label file
+    gives another run identity: a finished run is never handed back for data it was not trained on."""
+    import os
+
+    from abaw.training.runs import identity_hash
+
+    cfg = load_config("configs/test.yaml", [f"cache_root={tmp_path / 'cache'}", f"data.root={tmp_path}"])
+    cache = tmp_path / "visual-abc"
+    cache.mkdir()
+    (cache / "s1.inputs.json").write_text('{"crops": "digest-1"}')
+    label = tmp_path / "s1.txt"
+    label.write_text("valence,arousal\n0.1,0.2\n")
+    cfg.index_path.parent.mkdir(parents=True)
+    pl.DataFrame({"subject": ["s1"], "split": ["train"], "label_file": [str(label)]}).write_parquet(cfg.index_path)
+    dirs = {"visual": str(cache), "audio": ""}
+    first = identity_hash(cfg, dirs)
+    assert identity_hash(cfg, dirs) == first
+    (cache / "s1.inputs.json").write_text('{"crops": "digest-2"}')  # re-extracted from other crops
+    second = identity_hash(cfg, dirs)
+    assert second != first
+    label.write_text("valence,arousal\n0.3,0.2\n")  # the label file corrected
+    os.utime(label, ns=(1, 1))
+    assert identity_hash(cfg, dirs) != second

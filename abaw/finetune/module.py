@@ -127,15 +127,16 @@ class FinetuneModule(pl.LightningModule):
         if np.isfinite(value) and value > self.best:
             self.best = value
         metrics["val/best"] = self.best
-        for k, v in metrics.items():
-            self.log(k, v, prog_bar=k in ("val/p_va", "val/ccc_v"))
         opt = self.trainer.optimizers[0] if self.trainer.optimizers else None
-        self.history.append({
+        row = {
             "epoch": self.current_epoch, "step": self.global_step,
             "train/loss": self._sum / self._n if getattr(self, "_n", 0) else float("nan"),
             "lr": float(opt.param_groups[-1]["lr"]) if opt else float("nan"),
             "trainable_groups": self.trainable_groups(self.current_epoch), **metrics,
-        })
+        }
+        self.history.append(row)
+        for k in ("train/loss", "lr", "trainable_groups", *metrics):
+            self.log(k, float(row[k]), prog_bar=k in ("val/p_va", "val/ccc_v"))
 
     # ---- optimiser --------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:

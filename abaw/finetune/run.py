@@ -144,7 +144,8 @@ def finetune(cfg: Config, callbacks=()) -> tuple[dict, dict[str, Path]]:
     from abaw.features.visual import load_backbone
     from abaw.finetune.data import FinetuneData
     from abaw.finetune.module import FinetuneModule, FinetuneNet
-    from abaw.training.train import HistoryWriter, resolve_precision
+    from abaw.training.callbacks import EpochLine, loggers
+    from abaw.training.train import FlushLoggers, _resume_step, resolve_precision
 
     ft = cfg.finetune
     out = output_dir(cfg)
@@ -173,15 +174,17 @@ def finetune(cfg: Config, callbacks=()) -> tuple[dict, dict[str, Path]]:
         dirpath=out, filename="best", monitor=monitor, mode="max", save_top_k=1, save_last=True,
         auto_insert_metric_name=False, enable_version_counter=False,
     )
+    last = out / "last.ckpt"
+    resume_from = last if ft.resume and last.is_file() else None
+    # Lightning's CSVLogger writes metrics.csv (rows up to the checkpoint kept on resume), like training.
     trainer = pl.Trainer(
         accelerator=ft.accelerator, devices=1, precision=resolve_precision(ft.precision, ft.accelerator),
         max_epochs=ft.max_epochs, gradient_clip_val=ft.grad_clip or None,
-        callbacks=[ckpt, HistoryWriter(out / "metrics.csv"), *callbacks], logger=False,
+        callbacks=[ckpt, FlushLoggers(), EpochLine(), *callbacks],
+        logger=loggers(out, _resume_step(resume_from) if resume_from else None),
         default_root_dir=out, enable_progress_bar=ft.progress_bar, enable_model_summary=False,
         num_sanity_val_steps=0, log_every_n_steps=10,
     )
-    last = out / "last.ckpt"
-    resume_from = last if ft.resume and last.is_file() else None
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")

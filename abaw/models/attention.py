@@ -31,9 +31,11 @@ from abaw.models.shapes import as_weights, expect_shape
 class JointCrossAttention(nn.Module):
     """One joint cross-attention step: dict of X_m [B, L, d_m] -> dict of X_att,m [B, L, d_m]."""
 
-    def __init__(self, dims: dict[str, int], dropout: float, paper_length: int | None = None):
+    def __init__(self, dims: dict[str, int], dropout: float, paper_length: int | None = None,
+                 residual: bool = True):
         super().__init__()
         self.dims = dict(dims)
+        self.residual = residual
         self.joint_dim = sum(self.dims.values())
         self.paper_length = paper_length
         D = self.joint_dim
@@ -84,7 +86,8 @@ class JointCrossAttention(nn.Module):
         out = {}
         for m, x in xs.items():
             a = torch.relu(torch.tanh(self.values[m](x) @ corr[m]))  # [B, L, D]
-            out[m] = (x + self.drop(torch.relu(self.outs[m](a)))) * as_weights(mask, x)
+            update = self.drop(torch.relu(self.outs[m](a)))
+            out[m] = ((x + update) if self.residual else update) * as_weights(mask, x)
         return out
 
 
@@ -100,7 +103,9 @@ class RecursiveJointCrossAttention(nn.Module):
 
     def __init__(self, dims: dict[str, int], iterations: int, shared_weights: bool, dropout: float,
                  paper_length: int | None = None, iteration_gate: bool = True, stage_gate: bool = True,
-                 gate_input: str = "concat", feed: str = "gated", gate_tau: float = 0.1, stage_tau: float = 0.1):
+                 gate_input: str = "concat", feed: str = "gated", gate_tau: float = 0.1, stage_tau: float = 0.1,
+                 gate_norm: bool = False, learn_tau: bool = False, gate_dropout: float = 0.0,
+                 residual: bool = True):
         super().__init__()
         if stage_gate and not iteration_gate:
             raise ValueError("RecursiveJointCrossAttention: the stage gate weighs gated outputs; "
@@ -109,12 +114,17 @@ class RecursiveJointCrossAttention(nn.Module):
             raise ValueError(f"RecursiveJointCrossAttention: feed must be 'gated' or 'att', got {feed!r}")
         self.dims, self.iterations, self.shared_weights, self.feed = dict(dims), iterations, shared_weights, feed
         layers = 1 if shared_weights else iterations
-        self.steps = nn.ModuleList(JointCrossAttention(dims, dropout, paper_length) for _ in range(layers))
+        # Without a gate to fall back to X^(0), X_att keeps the residual whatever `residual` says: an
+        # ungated rjca without it would lose the unimodal path altogether.
+        keep = residual or not iteration_gate
+        self.steps = nn.ModuleList(JointCrossAttention(dims, dropout, paper_length, keep) for _ in range(layers))
+        opts = dict(norm=gate_norm, learn_tau=learn_tau, dropout=gate_dropout)
         self.gates = nn.ModuleList(
-            nn.ModuleDict({m: IterationGate(d, gate_input, gate_tau) for m, d in dims.items()})
+            nn.ModuleDict({m: IterationGate(d, gate_input, gate_tau, **opts) for m, d in dims.items()})
             for _ in range(layers if iteration_gate else 0)
         )
-        self.stage = nn.ModuleDict({m: StageGate(d, iterations, stage_tau) for m, d in dims.items()}) if stage_gate else None
+        self.stage = (nn.ModuleDict({m: StageGate(d, iterations, stage_tau, **opts) for m, d in dims.items()})
+                      if stage_gate else None)
 
     def forward(self, xs: dict[str, Tensor], mask: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         x0, current = xs, xs

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 # The names abaw.models.registry.MODELS registers; listed here so a typo fails when the config is
 # loaded rather than when training starts (a test keeps the two in step).
-VARIANTS = ("grjca_hier", "grjca", "rjca", "concat", "audio", "visual")
+VARIANTS = ("grjca_hier", "grjca", "rjca", "concat", "xformer", "audio", "visual")
 ATTENTION_VARIANTS = ("grjca_hier", "grjca", "rjca")
 _CHOICES = {
     "encoder": ("tcn", "blstm"),
@@ -21,7 +21,7 @@ _CHOICES = {
 
 @dataclass
 class ModelConfig:
-    variant: str = "grjca_hier"  # grjca_hier | grjca | rjca | concat | audio | visual
+    variant: str = "grjca_hier"  # grjca_hier | grjca | rjca | concat | xformer | audio | visual
     encoder: str = "tcn"  # tcn | blstm : per-modality temporal encoder
     d_audio: int = 128  # encoder output width per modality (even for the blstm encoder)
     d_visual: int = 128
@@ -32,8 +32,19 @@ class ModelConfig:
     shared_weights: bool = True  # one attention layer (and gate) reused across iterations
     gate_input: str = "concat"  # concat: [X; X_att] | att: X_att alone
     feed: str = "gated"  # gated: feed X~ into the next iteration | att: feed X_att
-    gate_tau: float = 0.1
-    stage_tau: float = 0.1
+    # Gates (abaw/models/gates.py; measured in docs/readme/gates.md). The paper's form: gate_tau=0.1
+    # stage_tau=0.1. At 1/tau = 10 the gates go one-hot on the demo release; tau = 1 keeps them alive.
+    gate_tau: float = 1.0
+    stage_tau: float = 1.0
+    gate_norm: bool = False  # LayerNorm (no affine) on every gate input
+    learn_tau: bool = False  # learn the gate temperatures, starting from gate_tau / stage_tau
+    gate_dropout: float = 0.0  # training only: per frame, this fraction of gates is an even mix
+    # X_att = X + attention update (paper: "attended" then always contains X); false: the update alone,
+    # so the gate picks unimodal vs cross-modal features. Gated variants only: rjca keeps the residual.
+    att_residual: bool = True
+    xf_layers: int = 1  # xformer: cross-modal blocks
+    xf_heads: int = 4  # xformer: attention heads (must divide d_audio and d_visual)
+    xf_ff_mult: int = 2  # xformer: feed-forward width in multiples of the model width
     head: str = "blstm"  # blstm | tcn
     head_hidden: int = 64  # per direction for the blstm head; channels for the tcn head
     head_layers: int = 1  # blstm layers, or dilated blocks of the tcn head
@@ -53,7 +64,7 @@ class ModelConfig:
             if value not in choices:
                 raise ValueError(f"model.{name}={value!r}: expected one of {list(choices)}")
         for name in ("d_audio", "d_visual", "tcn_layers", "tcn_kernel", "blstm_layers", "iterations",
-                     "head_hidden", "head_layers", "paper_length"):
+                     "head_hidden", "head_layers", "paper_length", "xf_layers", "xf_heads", "xf_ff_mult"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name}={getattr(self, name)}: must be >= 1")
         if self.tcn_kernel % 2 == 0:
@@ -66,5 +77,10 @@ class ModelConfig:
         for name in ("gate_tau", "stage_tau"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"model.{name}={getattr(self, name)}: must be > 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout={self.dropout}: must be in [0, 1)")
+        for name in ("dropout", "gate_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name}={getattr(self, name)}: must be in [0, 1)")
+        if self.variant == "xformer":
+            for name in ("d_audio", "d_visual"):
+                if getattr(self, name) % self.xf_heads:
+                    raise ValueError(f"model.xf_heads={self.xf_heads} must divide model.{name}={getattr(self, name)}")

@@ -16,6 +16,7 @@ from abaw.models.config import ModelConfig
 from abaw.models.encoders import ModalityEncoder
 from abaw.models.heads import RegressionHead
 from abaw.models.shapes import expect_shape, resolve_mask
+from abaw.models.xformer import CrossModalTransformer
 
 MODALITIES = ("audio", "visual")
 
@@ -38,7 +39,8 @@ class FusionModel(nn.Module):
     should stay True, since they carry context. A modality the variant does not use may be None."""
 
     def __init__(self, cfg: ModelConfig, in_audio: int, in_visual: int, modalities: tuple[str, ...] = MODALITIES,
-                 attention: bool = True, iteration_gate: bool = True, stage_gate: bool = True):
+                 attention: bool = True, iteration_gate: bool = True, stage_gate: bool = True,
+                 fusion: str = "rjca"):
         super().__init__()
         cfg.validate()
         for name, dim in (("in_audio", in_audio), ("in_visual", in_visual)):
@@ -48,6 +50,8 @@ class FusionModel(nn.Module):
             raise ValueError(f"modalities {modalities}: expected a non-empty subset of {MODALITIES}")
         if attention and len(modalities) < 2:
             raise ValueError("joint cross-attention needs two modalities")
+        if fusion not in ("rjca", "xformer"):
+            raise ValueError(f"fusion {fusion!r}: expected 'rjca' or 'xformer'")
         self.cfg, self.modalities = cfg, tuple(modalities)
         self.in_dims = {"audio": in_audio, "visual": in_visual}
         dims = {"audio": cfg.d_audio, "visual": cfg.d_visual}
@@ -57,12 +61,17 @@ class FusionModel(nn.Module):
                                cfg.blstm_layers, cfg.dropout)
             for m in self.modalities
         })
-        self.fusion = RecursiveJointCrossAttention(
-            self.dims, cfg.iterations, cfg.shared_weights, cfg.dropout,
-            paper_length=cfg.paper_length if cfg.paper_mode else None,
-            iteration_gate=iteration_gate, stage_gate=stage_gate, gate_input=cfg.gate_input, feed=cfg.feed,
-            gate_tau=cfg.gate_tau, stage_tau=cfg.stage_tau,
-        ) if attention else None
+        self.fusion: nn.Module | None = None
+        if attention and fusion == "xformer":
+            self.fusion = CrossModalTransformer(self.dims, cfg.xf_layers, cfg.xf_heads, cfg.xf_ff_mult, cfg.dropout)
+        elif attention:
+            self.fusion = RecursiveJointCrossAttention(
+                self.dims, cfg.iterations, cfg.shared_weights, cfg.dropout,
+                paper_length=cfg.paper_length if cfg.paper_mode else None,
+                iteration_gate=iteration_gate, stage_gate=stage_gate, gate_input=cfg.gate_input, feed=cfg.feed,
+                gate_tau=cfg.gate_tau, stage_tau=cfg.stage_tau, gate_norm=cfg.gate_norm, learn_tau=cfg.learn_tau,
+                gate_dropout=cfg.gate_dropout, residual=cfg.att_residual,
+            )
         self.head = RegressionHead(sum(self.dims.values()), cfg.head, cfg.head_hidden, cfg.head_layers,
                                    cfg.tcn_kernel, cfg.dropout)
 

@@ -5,6 +5,7 @@ Variants (``model.variant``):
   grjca       recursive joint cross-attention + per-iteration gates
   rjca        recursive joint cross-attention, no gates
   concat      encoders -> concatenation -> head (no attention)
+  xformer     encoders -> standard multi-head cross-modal transformer blocks over time -> head
   audio       audio encoder -> head (the visual input is ignored)
   visual      visual encoder -> head (the audio input is ignored)
 """
@@ -61,6 +62,11 @@ def rjca(cfg: ModelConfig, in_audio: int, in_visual: int) -> nn.Module:
 @register_model("concat")
 def concat(cfg: ModelConfig, in_audio: int, in_visual: int) -> nn.Module:
     return FusionModel(cfg, in_audio, in_visual, attention=False)
+
+
+@register_model("xformer")
+def xformer(cfg: ModelConfig, in_audio: int, in_visual: int) -> nn.Module:
+    return FusionModel(cfg, in_audio, in_visual, attention=True, fusion="xformer")
 
 
 @register_model("audio")

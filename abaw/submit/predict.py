@@ -82,15 +82,33 @@ def predict_subjects(run_dir: str | Path, subjects: Sequence[str], cfg: Config |
     run_dir = Path(run_dir)
     model, run_cfg = load_run(run_dir)
     eff = _release_cfg(run_cfg, cfg)
-    source = SubjectSource(eff, table=table, audio_shift_s=audio_shift_s)
+    audio, visual = _recorded_caches(run_dir, eff)
+    source = SubjectSource(eff, table=table, audio_cache=audio, visual_cache=visual, audio_shift_s=audio_shift_s)
     _check_features(run_dir, source)
     data = source.open(list(subjects), labels=False)
     tc = eff.train
     device = _device()
     model.to(device)
+    pad_to = run_cfg.model.paper_length if run_cfg.model.paper_mode else 0
     stitcher = predict_windows(model, data, tc.eval_window_size, tc.eval_hop_size,
-                               tc.batch_size, device=device)
+                               tc.batch_size, device=device, pad_to=pad_to)
     return {s: stitcher.mean(s, "pred") for s in subjects}
+
+
+def _recorded_caches(run_dir: Path, eff: Config):
+    """The feature caches the run trained on, from its features.json, when they belong to the release
+    being predicted (the usual case): handed on as the features stage wrote them, never re-resolved
+    from the backbone config. ``(None, None)`` otherwise (another release: resolved there, and
+    ``_check_features`` insists they were made the same way)."""
+    from abaw.features.cache import FeatureCache
+    from abaw.training.runs import read_features_record
+
+    record = read_features_record(run_dir) or {}
+    here = (eff.release_cache / "features").resolve()
+    dirs = [Path((record.get(kind) or {}).get("dir") or "") for kind in ("audio", "visual")]
+    if all(str(d) not in ("", ".") and d.parent == here and d.is_dir() for d in dirs):
+        return FeatureCache(dirs[0]), FeatureCache(dirs[1])
+    return None, None
 
 
 def ensemble_postprocess(run_dirs: Sequence[Path], pp_cfg):

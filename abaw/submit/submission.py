@@ -2,8 +2,9 @@
 the independent validator, package it under ``submissions/<name>/`` and, where ground truth exists (the
 demo release), score it like the leaderboard.
 
-Row counts come from the organisers' sample file; a video it lacks falls back to its container's frame
-count, with a warning in the output and the metadata. Videos follow the release list.
+Videos and row counts come from the index (``abaw data``): the release list's order and each video's
+frame axis, which is the organisers' sample-file count, or for a video the sample file lacks its
+container's frame count (with a warning in the output and the metadata).
 """
 
 from __future__ import annotations
@@ -117,37 +118,34 @@ def _run_summaries(run_dirs: list[Path]) -> list[dict]:
 
 # ---- what the test set asks for -------------------------------------------------------------------------
 def test_references(cfg: Config, table) -> References:
-    """Release-list order and per-video row counts (sample file; else the container's frame count)."""
-    from abaw.data.release import discover, read_release_list, read_sample_counts
+    """Test videos in the index's order (the release list's) with the index's row counts (its frame
+    axis: the sample file's count, else the container's frames), so the submission has exactly the
+    frames the features and predictions were made on. Only the paths of the release list and sample
+    file are looked up, for the independent validator."""
+    from abaw.data.release import discover
 
     rel = discover(cfg.data, cfg.data_root)
     if rel.test_list is None:
         raise SubmissionError(f"{cfg.data_root}: no test-set release list (data.test_list={cfg.data.test_list!r})")
-    order = read_release_list(rel.test_list)
     warnings: list[str] = []
-    sample: dict[str, int] = {}
-    if rel.sample_file is not None:
-        sample = read_sample_counts(rel.sample_file)
-    else:
+    if rel.sample_file is None:
         warnings.append(f"no sample prediction file (data.sample_file={cfg.data.sample_file!r}): row counts "
                         "are the containers' frame counts, which may differ from what the organisers expect")
-    decoded = {r["subject"]: r.get("decoded_frames") for r in table.iter_rows(named=True)}
-    counts, source = {}, {}
-    for s in order:
-        if s in sample:
-            counts[s], source[s] = sample[s], "sample"
-        elif decoded.get(s):
-            counts[s], source[s] = int(decoded[s]), "container"
-            if rel.sample_file is not None:
-                warnings.append(f"{s}: not in the sample file; using its container's {decoded[s]} frames")
-        else:
-            raise SubmissionError(f"{s}: no row count: it is not in the sample file and the index has no decoded "
-                                  "frames for it (is its video missing?)")
-    listed = set(order)
-    extra = [s for s in sample if s not in listed]
-    if extra:
-        warnings.append(f"the sample file lists {len(extra)} video(s) the release list lacks (not submitted): "
-                        f"{extra[:5]}")
+    rows = [r for r in table.iter_rows(named=True) if r["split"] == "test"]
+    if not rows:
+        raise SubmissionError(f"{cfg.index_path}: the index has no test subjects (run `abaw data`)")
+    order, counts, source = [], {}, {}
+    for r in rows:
+        s = r["subject"]
+        if not r.get("n_frames"):
+            why = "; ".join(r.get("errors") or []) or "no frame count"
+            raise SubmissionError(f"{cfg.index_path}: test subject {s} has no row count ({why}); fix the "
+                                  "release and re-run `abaw data`")
+        order.append(s)
+        counts[s] = int(r["n_frames"])
+        source[s] = "sample" if r.get("sample_rows") is not None else "container"
+        if source[s] == "container" and rel.sample_file is not None:
+            warnings.append(f"{s}: not in the sample file; using its container's {counts[s]} frames")
     return References(order, counts, source, rel.test_list, rel.sample_file, warnings)
 
 

@@ -28,8 +28,15 @@ import numpy as np
 
 from abaw.data.release import crop_name
 from abaw.synth import media
-from abaw.synth.plan import AUDIO_NOISE, AUDIO_SILENT, VideoPlan, plan_release
-from abaw.synth.signal import VOICE_RATE, fft_friendly_length, resample_exact, synth_voice
+from abaw.synth.plan import AUDIO_NOISE, AUDIO_SILENT, AUDIO_SPEAKER, VideoPlan, plan_release
+from abaw.synth.signal import (
+    VOICE_RATE,
+    SmoothProcess,
+    Voice,
+    fft_friendly_length,
+    resample_exact,
+    synth_voice,
+)
 from abaw.utils import atomic_write_json, file_lock
 
 log = logging.getLogger(__name__)
@@ -102,6 +109,14 @@ def _make_audio(plan: VideoPlan, decoded: np.ndarray) -> np.ndarray | None:
     frame_t = lambda i: decoded[min(i, len(decoded) - 1)]  # noqa: E731
     silent = [(frame_t(s), frame_t(e)) for s, e, m in plan.audio_runs if m == AUDIO_SILENT]
     x = sum(synth_voice(p.voice, p.emotion.arousal, t0, n16, silent) for p in plan.persons)
+    speaker = [(frame_t(s), frame_t(e)) for s, e, m in plan.audio_runs if m == AUDIO_SPEAKER]
+    if speaker:
+        # As loud as the subject's own voice on average: someone at the same distance from the
+        # microphone, whose level (and pitch) follows their arousal, not the subject's.
+        y = _second_speaker(plan, t0, n16, speaker)
+        talking = np.abs(y) > 0
+        if talking.any():
+            x = x + y * (np.sqrt(np.mean(x[talking] ** 2)) / max(np.sqrt(np.mean(y[talking] ** 2)), 1e-9))
     # A fixed gain, not peak normalisation: the level itself carries arousal, so it must mean the same
     # in every file (peaks of one excited voice reach about -3 dBFS).
     x = resample_exact(x, VOICE_RATE, sr) * (0.9 / math.sqrt(len(plan.persons)))
@@ -113,6 +128,50 @@ def _make_audio(plan: VideoPlan, decoded: np.ndarray) -> np.ndarray | None:
             sel = (t >= frame_t(s)) & (t < frame_t(e))
             x[sel] += rng.normal(0, 0.35, int(sel.sum()))
     return np.clip(x, -1, 1).astype(np.float32)
+
+
+def _second_speaker(plan: VideoPlan, t0: float, n16: int, talks: list[tuple[float, float]]) -> np.ndarray:
+    """Another person talking during ``talks`` (time ranges) only: their own voice and their own
+    arousal, so the soundtrack there says nothing about the subject's."""
+    rng = np.random.default_rng([plan.seed, 3])
+    voice = Voice.random(rng)
+    arousal = SmoothProcess.random(rng, mean=rng.uniform(-0.35, 0.45), spread=rng.uniform(0.3, 0.7))
+    ends = sorted(talks)
+    quiet, t = [], t0 - 1.0
+    for a, b in ends:
+        if a > t:
+            quiet.append((t, a))
+        t = max(t, b)
+    quiet.append((t, t0 + n16 / VOICE_RATE + 1.0))
+    return synth_voice(voice, arousal, t0, n16, quiet)
+
+
+_FACE_KIND = {media.OCCLUDE: "occluded", media.BLUR: "blurred"}
+_VOICE_KIND = {AUDIO_SILENT: "silence", AUDIO_NOISE: "noise", AUDIO_SPEAKER: "speaker"}
+
+
+def _kind_runs(kinds: np.ndarray) -> list[list]:
+    """[start, end, kind] runs of an object array of kind names (None = clean)."""
+    out = []
+    for name in sorted({k for k in kinds if k is not None}):
+        out += [[s, e, name] for s, e in _mask_runs(kinds == name)]
+    return sorted(out)
+
+
+def _degraded(n_axis: int, has_crop: np.ndarray, face_mode: np.ndarray, audio_runs: list, has_audio: bool) -> dict:
+    """Where each modality carries no emotion, frame by frame, with the kind: the face is missing (no
+    crop), occluded or blurred; the voice is silent, drowned in noise, talked over, or there is no
+    soundtrack at all. Later runs win where two overlap, as when the media are drawn."""
+    face = np.full(n_axis, None, dtype=object)
+    m = face_mode[:n_axis]
+    for mode, name in _FACE_KIND.items():
+        face[: len(m)][m == mode] = name
+    face[~has_crop] = "missing"
+    voice = np.full(n_axis, None if has_audio else "no_audio", dtype=object)
+    if has_audio:
+        for s, e, mode in audio_runs:
+            voice[s:e] = _VOICE_KIND[mode]
+    return {"visual": _kind_runs(face), "audio": _kind_runs(voice)}
 
 
 def _make_video(plan: VideoPlan, root: str, face_cues: str = "shape+colour") -> dict:
@@ -202,48 +261,75 @@ def _make_video(plan: VideoPlan, root: str, face_cues: str = "shape+colour") -> 
             "unlabelled_runs": _mask_runs(~valid),
             "face_uninformative_runs": fr(person.face_runs),
             "audio_uninformative_runs": fr(plan.audio_runs),
+            "degraded": _degraded(n_axis, has_crop, modes[k], plan.audio_runs, st.acodec is not None),
         }
     return facts
 
 
 # ---- the release ------------------------------------------------------------------------------------
-def _is_complete(out: Path, seed: int, scale: float, face_cues: str = "shape+colour") -> bool:
+def _degradation(degradation: dict | None) -> dict:
+    """The degradation settings as recorded: empty when nothing is degraded (today's release)."""
+    d = dict(degradation or {})
+    return d if d.get("face_degraded", 0) > 0 or d.get("voice_degraded", 0) > 0 else {}
+
+
+def _is_complete(out: Path, seed: int, scale: float, degradation: dict | None = None, *,
+                 face_cues: str = "shape+colour") -> bool:
     try:
         meta = json.loads((out / MARKER).read_text())
     except (OSError, ValueError):
         return False
     # A release written before face_cues was recorded carried the colour cue.
     return (meta.get("seed") == seed and meta.get("scale") == scale and meta.get("version") == VERSION
+            and meta.get("degradation", {}) == _degradation(degradation)
             and meta.get("face_cues", "shape+colour") == face_cues)
 
 
+def planted_degradation(root: Path) -> dict[str, dict[str, list]] | None:
+    """{subject: {"visual": runs, "audio": runs}} of a complete synthetic release (runs [start, end,
+    kind] on the frame axis, see ``_degraded``); None when ``root`` holds no synthetic release. Read
+    only to score and to diagnose, never to train."""
+    try:
+        meta = json.loads((Path(root) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return {s: info["degraded"] if "degraded" in info else _version1_degraded(info)
+            for s, info in meta.get("subjects", {}).items()}
+
+
+def _version1_degraded(info: dict) -> dict[str, list]:
+    """What a release written before the "degraded" record planted (its traps, kinds unnamed)."""
+    n = info["label_rows"] or info["sample_rows"]
+    visual = [[s, e, "missing"] for s, e in info["missing_crop_runs"]]
+    visual += [[s, e, "trap"] for s, e in info["face_uninformative_runs"]]
+    audio = [[s, e, "trap"] for s, e in info["audio_uninformative_runs"]] if info["has_audio"] else [[0, n, "no_audio"]]
+    return {"visual": sorted(visual), "audio": audio}
+
+
 def generate(
-    out: Path,
-    seed: int = 0,
-    scale: float = 1.0,
-    force: bool = False,
-    workers: int | None = None,
-    face_cues: str = "shape+colour",
+    out: Path, seed: int = 0, scale: float = 1.0, force: bool = False, workers: int | None = None,
+    degradation: dict | None = None, face_cues: str = "shape+colour",
 ) -> Path:
     """Write a synthetic release into ``out`` (see the module docstring) and return ``out``.
 
-    Same seed and scale give identical labels, lists and pixels. A complete release of the same seed,
-    scale, ``face_cues`` and generator version is kept unless ``force``; one made with other settings is
-    regenerated. The release is built in a sibling folder and
+    Same seed and scale give identical labels, lists and pixels. ``degradation``
+    (``SynthConfig.degradation()``) plants degraded face and voice runs (see ``plan.degrade``). A
+    complete release of the same seed, scale, degradation, ``face_cues`` and generator version is kept
+    unless ``force``; one made with other settings is regenerated. The release is built in a sibling folder and
     renamed into place, so an interrupted run never leaves a half release behind.
     """
     out = Path(out).expanduser().resolve()
     with file_lock(out.parent / f".{out.name}.lock"):
         if face_cues not in media.FACE_CUES:
             raise ValueError(f"synth.face_cues: {face_cues!r} is not one of {media.FACE_CUES}")
-        if not force and _is_complete(out, seed, scale, face_cues):
+        if not force and _is_complete(out, seed, scale, degradation, face_cues=face_cues):
             log.info("%s already holds the seed=%s scale=%s release", out, seed, scale)
             return out
         if out.exists() and any(out.iterdir()) and not (out / MARKER).exists() and not force:
             raise FileExistsError(
                 f"{out} exists and is not a synthetic release; pass force=True to replace it"
             )
-        videos, traps = plan_release(seed, scale)
+        videos, traps = plan_release(seed, scale, _degradation(degradation) or None)
         # Under the lock, any sibling work folder is a leftover of a killed run.
         for stale in out.parent.glob(f".{out.name}.tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -261,6 +347,7 @@ def generate(
                     "scale": scale,
                     "face_cues": face_cues,
                     "version": VERSION,
+                    "degradation": _degradation(degradation),
                     "subjects": subjects,
                     "traps": [t.__dict__ for t in traps],
                 },
@@ -306,15 +393,27 @@ def _write_lists(videos: list[VideoPlan], root: Path) -> None:
     (root / SAMPLE_FILE).write_text("\n".join(lines) + "\n")
 
 
+def _degradation_line(meta: dict) -> str:
+    if not meta.get("degradation"):
+        return ""
+    frac = {}
+    for m in ("visual", "audio"):
+        deg = sum(e - s for info in meta["subjects"].values() for s, e, _ in info["degraded"][m])
+        total = sum(info["label_rows"] or info["sample_rows"] for info in meta["subjects"].values())
+        frac[m] = deg / max(1, total)
+    return f"  degraded frames: face {frac['visual']:.0%}, voice {frac['audio']:.0%} (planted traps included)\n"
+
+
 def cli_synth(cfg, args) -> int:
     out = Path(args.out) if getattr(args, "out", None) else cfg.data_root
     seed = args.seed if getattr(args, "seed", None) is not None else cfg.synth.seed
     scale = args.scale if getattr(args, "scale", None) is not None else cfg.synth.scale
     force = bool(getattr(args, "force", False))
     cues = cfg.synth.face_cues
-    reused = not force and _is_complete(Path(out).expanduser().resolve(), seed, scale, cues)
+    degradation = cfg.synth.degradation()
+    reused = not force and _is_complete(Path(out).expanduser().resolve(), seed, scale, degradation, face_cues=cues)
     t0 = time.perf_counter()
-    generate(out, seed=seed, scale=scale, force=force, face_cues=cues)
+    generate(out, seed=seed, scale=scale, force=force, degradation=degradation, face_cues=cues)
     meta = json.loads((out / MARKER).read_text())
     subs = meta["subjects"].values()
     counts = {s: sum(1 for x in subs if x["split"] == s) for s in ("train", "val", "test")}
@@ -323,6 +422,7 @@ def cli_synth(cfg, args) -> int:
         f"synthetic release (seed {seed}, scale {scale}, face cues {cues}) at {out}\n"
         f"  subjects: {counts['train']} train, {counts['val']} val, {counts['test']} test; {frames} frames\n"
         f"  traps: {', '.join(sorted({t['kind'] for t in meta['traps']}))}\n"
+        + _degradation_line(meta)
         + (
             "  already complete: kept (--force regenerates)"
             if reused

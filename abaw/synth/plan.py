@@ -17,7 +17,10 @@ from abaw.synth import media
 from abaw.synth.signal import Emotion, Voice
 
 MP4_TIME_BASE = Fraction(1, 90000)
-AUDIO_SILENT, AUDIO_NOISE = 1, 2  # audio_uninformative modes: the voice stops, or noise drowns it
+AUDIO_SILENT, AUDIO_NOISE, AUDIO_SPEAKER = 1, 2, 3  # audio_uninformative modes: the voice stops, noise
+# drowns it, or a second speaker (another voice, another arousal) talks over it
+FACE_MODES = {"occluded": media.OCCLUDE, "blurred": media.BLUR, "missing": 0}  # 0: no crop (a missing run)
+VOICE_MODES = {"silence": AUDIO_SILENT, "noise": AUDIO_NOISE, "speaker": AUDIO_SPEAKER}
 
 
 @dataclass
@@ -157,8 +160,11 @@ class _Planner:
         self.traps.append(Trap(kind, subject, detail))
 
 
-def plan_release(seed: int, scale: float) -> tuple[list[VideoPlan], list[Trap]]:
-    """The release as data: which videos, which subjects, which traps where. Pure function of its args."""
+def plan_release(seed: int, scale: float, degradation: dict | None = None) -> tuple[list[VideoPlan], list[Trap]]:
+    """The release as data: which videos, which subjects, which traps where. Pure function of its args.
+
+    ``degradation`` (``SynthConfig.degradation()``) adds degraded face and voice runs on top; it draws
+    from its own random streams, so subjects, signals and traps are those of the undegraded release."""
     if not scale > 0 or not math.isfinite(scale):
         raise ValueError(f"scale must be a positive number, got {scale}")
     if int(seed) != seed or seed < 0:
@@ -274,4 +280,54 @@ def plan_release(seed: int, scale: float) -> tuple[list[VideoPlan], list[Trap]]:
             p.trap(
                 "wrong_fps_in_name", s.subject, f"{v.stem}: name says {name_fps}, stream is {float(fps):.2f}"
             )
+    if degradation:
+        degrade(p.videos, seed, degradation)
     return p.videos, p.traps
+
+
+def _draw_runs(rng: np.random.Generator, n: int, fraction: float, mean_len: float, kinds: list[str],
+               taken: list[list[int]] = ()) -> list[tuple[int, int, str]]:
+    """Runs [start, end, kind] covering about ``fraction`` of n frames, each about ``mean_len`` frames
+    long (0.5-1.5x), placed uniformly at random where they overlap neither each other nor ``taken``
+    (runs already planted there), so every degraded frame has exactly one kind."""
+    if fraction <= 0 or n < 2:
+        return []
+    busy = np.zeros(n, bool)
+    for r in taken:
+        busy[r[0] : r[1]] = True
+    runs: list[tuple[int, int, str]] = []
+    target, done, tries = fraction * n, 0, 0
+    while done < target and tries < 2000:
+        tries += 1
+        length = int(np.clip(round(mean_len * rng.uniform(0.5, 1.5)), 1, n))
+        start = int(rng.integers(0, n - length + 1))
+        if busy[start : start + length].any():
+            continue
+        runs.append((start, start + length, kinds[int(rng.integers(len(kinds)))]))
+        busy[start : start + length] = True
+        done += length
+    return sorted(runs)
+
+
+def degrade(videos: list[VideoPlan], seed: int, degradation: dict) -> None:
+    """Plant degraded face runs (per person) and voice runs (per video: a pair shares its soundtrack).
+    The face and the voice are drawn from two independent streams, so they are independent."""
+    face_rng = np.random.default_rng([seed, 104729, 1])
+    voice_rng = np.random.default_rng([seed, 104729, 2])
+    run_s = float(degradation.get("degrade_run_s", 2.0))
+    for v in videos:
+        n = len(v.pts)
+        mean_len = run_s * v.fps_nominal
+        for person in v.persons:
+            for s, e, kind in _draw_runs(face_rng, n, degradation.get("face_degraded", 0.0), mean_len,
+                                         degradation.get("face_kinds", list(FACE_MODES)),
+                                         person.missing_runs + person.face_runs):
+                if kind == "missing":
+                    person.missing_runs.append([s, e])
+                else:
+                    person.face_runs.append([s, e, FACE_MODES[kind]])
+        if v.stream.acodec is None:
+            continue  # no soundtrack to degrade (the no_audio trap already makes the voice useless)
+        for s, e, kind in _draw_runs(voice_rng, n, degradation.get("voice_degraded", 0.0), mean_len,
+                                     degradation.get("voice_kinds", list(VOICE_MODES)), v.audio_runs):
+            v.audio_runs.append([s, e, VOICE_MODES[kind]])

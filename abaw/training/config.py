@@ -11,7 +11,7 @@ PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true")
 
 @dataclass
 class TrainConfig:
-    name: str = ""  # run name; empty = "<variant>-fold<k>" or "<variant>-official"
+    name: str = ""  # run folder; empty = "<variant>-fold<k>-<hash8>" / "<variant>-official-<hash8>" (run identity)
     window: int = 300  # training window (frames)
     hop: int = 200  # stride between training windows; the last window of a subject is end-aligned
     eval_window: int = 0  # validation/prediction window; 0 = `window`, -1 = whole subjects
@@ -37,14 +37,15 @@ class TrainConfig:
     devices: str = "auto"  # "auto", a count ("2") or a list ("0,1")
     strategy: str = "auto"  # Lightning strategy; "auto" picks DDP for several devices
     deterministic: bool = False
-    resume: bool = True  # continue from last.ckpt of the same run if present
+    resume: bool = True  # continue a partial run of the same identity from its last.ckpt
+    session_epochs: int = 0  # > 0: stop after this many epochs per invocation (time-sliced jobs; rerun continues)
     shuffle_labels: bool = False  # sanity control: permute training label tracks across subjects
     audio_shift_s: float = 0.0  # sanity control: audio features of frame t come from time t - shift
     limit_train_batches: float = 1.0
     limit_val_batches: float = 1.0
     log_every_n_steps: int = 10
     plot_subjects: int = 3  # validation subjects drawn in val_plot.png
-    progress_bar: bool = False
+    progress_bar: bool = True  # Lightning's bar (rate, ETA); a one-line summary per epoch is logged either way
 
     def validate(self) -> None:
         if self.window < 2 or self.hop < 1 or self.hop > self.window:
@@ -70,6 +71,8 @@ class TrainConfig:
             raise ValueError("train.batch_size, max_epochs must be >= 1 and lr > 0")
         if self.loss_mse < 0 or self.grad_clip < 0 or self.warmup_epochs < 0:
             raise ValueError("train.loss_mse, grad_clip and warmup_epochs must be >= 0")
+        if self.session_epochs < 0:
+            raise ValueError(f"train.session_epochs must be >= 0, got {self.session_epochs}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 

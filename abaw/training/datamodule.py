@@ -9,6 +9,7 @@ whose outputs are stitched back by ``abaw.training.windows.Stitcher``.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from abaw.errors import AbawError
 from abaw.training.folds import Split, make_split
 from abaw.training.store import (
     SubjectData,
@@ -48,10 +50,13 @@ class WindowDataset(Dataset):
     """Windows ``(subject, start, stop)`` of opened subjects. The DataLoader fetches whole batches
     through ``__getitems__``, which reads every window straight into the batch arrays."""
 
-    def __init__(self, subjects: Sequence[SubjectData], windows: np.ndarray, mask_missing_face: bool = False):
+    def __init__(self, subjects: Sequence[SubjectData], windows: np.ndarray, mask_missing_face: bool = False,
+                 pad_to: int = 0):
         self.subjects = list(subjects)
         self.windows = windows
         self.mask_missing_face = mask_missing_face
+        # Every batch is at least this long (model.paper_mode welds the window length into the model).
+        self.pad_to = pad_to
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -67,9 +72,13 @@ class WindowDataset(Dataset):
         return item
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
-        rows = self.windows[np.asarray(indices, dtype=np.int64)]
+        # Indices >= len(self) are ShardSampler's filler: window i - len(self) again, marked keep=False
+        # so it evens out the ranks' batch counts without being scored twice.
+        idx = np.asarray(indices, dtype=np.int64)
+        keep = idx < len(self.windows)
+        rows = self.windows[np.where(keep, idx, idx - len(self.windows))]
         lengths = rows[:, 2] - rows[:, 1]
-        b, length = len(rows), int(lengths.max())
+        b, length = len(rows), max(int(lengths.max()), self.pad_to)
         first = self.subjects[int(rows[0, 0])]
         audio = np.zeros((b, length, first.audio.shape[1]), dtype=first.audio.dtype)
         visual = np.zeros((b, length, first.visual.shape[1]), dtype=first.visual.dtype)
@@ -87,6 +96,7 @@ class WindowDataset(Dataset):
             "audio": torch.from_numpy(audio), "visual": torch.from_numpy(visual),
             "gold": torch.from_numpy(gold), "mask": torch.from_numpy(mask), "pad": torch.from_numpy(pad),
             "subject": names,
+            "keep": torch.from_numpy(keep),
             "start": torch.from_numpy(rows[:, 1].copy()),
             "n_frames": torch.tensor([self.subjects[k].n_frames for k in rows[:, 0].tolist()], dtype=torch.long),
         }
@@ -139,14 +149,25 @@ class EpochShuffleSampler(Sampler[int]):
 
     Lightning calls ``set_epoch`` before every epoch. Each rank gets every ``world``-th index of the same
     permutation (padded by wrapping, as ``DistributedSampler`` does), so ranks never overlap.
+
+    ``generator`` (the DataLoader's) is reseeded from (seed, epoch, rank) at every epoch: the loader
+    draws its workers' base seed from it when the epoch's iterator is made, so worker seeds depend only
+    on the epoch too. Built with the trainer's current epoch, a resumed run gets the resumed epoch's
+    seeds even though Lightning makes that epoch's iterator before calling ``set_epoch``.
     """
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1,
+                 epoch: int = 0, generator: torch.Generator | None = None):
         self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
-        self.epoch = 0
+        self.generator = generator
+        self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if self.generator is not None:
+            from abaw.training.callbacks import stream_seed
+
+            self.generator.manual_seed(stream_seed(self.seed, epoch, self.rank))
 
     def indices(self) -> np.ndarray:
         if self.shuffle:
@@ -163,6 +184,28 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return -(-self.n // self.world)
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation windows of one DDP rank, in order: every ``world``-th window from ``rank``. Ranks that
+    come up one short get filler indices (``n + i``: window i again, which ``WindowDataset`` marks
+    ``keep=False``), so every rank runs the same number of batches yet every window is scored once."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1):
+        self.n, self.rank, self.world = n, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        mine = list(range(self.rank, self.n, self.world))
+        per_rank = -(-self.n // self.world)
+        filler = [self.n + i for i in range(per_rank - len(mine))]
+        return iter(mine + filler)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world)
+
+
+class ScaleOutError(AbawError):
+    """A setting that does not fit the number of DDP processes."""
 
 
 class SubjectSource:
@@ -251,33 +294,84 @@ class FusionDataModule(pl.LightningDataModule):
         self.train_windows = make_windows(self.train_subjects, tc.window, tc.hop)
         self.val_windows = make_windows(self.val_subjects, tc.eval_window_size, tc.eval_hop_size)
 
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch on each rank (train.limit_train_batches applied as Lightning does).
+
+        ``FusionModule`` sizes its schedule with this instead of ``trainer.estimated_stepping_batches``,
+        which builds the training loader (and, with workers, starts fetching) before a checkpoint's loop
+        state is restored, so a resumed epoch would run on the first epoch's window order."""
+        _, world = self._world()
+        per_rank = math.ceil(len(self.train_windows) / world)
+        batches = math.ceil(per_rank / self.rank_batch_size())
+        limit = self.cfg.train.limit_train_batches
+        if isinstance(limit, float) and limit <= 1.0:
+            return max(1, int(batches * limit))
+        return max(1, min(batches, int(limit)))
+
+    def _next_epoch(self) -> int:
+        """The epoch the trainer will run next, as it will pass it to ``set_epoch`` (the processed-epoch
+        count: a run resumed from a checkpoint saved at an epoch's end has processed that epoch but not
+        yet completed it). Loader workers fetch indices as soon as an iterator exists, and Lightning makes
+        the resumed epoch's iterator before it calls ``set_epoch``."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        try:
+            return int(trainer.fit_loop.epoch_progress.current.processed)
+        except AttributeError:  # pragma: no cover - another Lightning version
+            return int(trainer.current_epoch)
+
     def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
+    @property
+    def pad_to(self) -> int:
+        """Batch length floor: ``model.paper_length`` in paper mode (its key layers are Linear(L, L))."""
+        model = self.cfg.model
+        return model.paper_length if model.paper_mode else 0
+
     def train_dataloader(self) -> DataLoader:
         rank, world = self._world()
-        sampler = EpochShuffleSampler(len(self.train_windows), self.cfg.seed, True, rank, world)
-        ds = WindowDataset(self.train_subjects, self.train_windows, self.cfg.train.mask_missing_face)
-        return self._loader(ds, self.cfg.train.batch_size, sampler)
+        generator = torch.Generator()
+        sampler = EpochShuffleSampler(len(self.train_windows), self.cfg.seed, True, rank, world,
+                                      epoch=self._next_epoch(), generator=generator)
+        ds = WindowDataset(self.train_subjects, self.train_windows, self.cfg.train.mask_missing_face, self.pad_to)
+        return self._loader(ds, self.rank_batch_size(), sampler, generator)
+
+    def rank_batch_size(self) -> int:
+        """Training windows per step on each rank: ``train.batch_size`` is the global batch, split over
+        the DDP ranks, so scaling out keeps the optimisation recipe (windows and steps per epoch)."""
+        _, world = self._world()
+        bs = self.cfg.train.batch_size
+        if bs % world:
+            raise ScaleOutError(f"train.batch_size={bs} is the global batch and must divide evenly over "
+                                f"{world} processes (train.devices); use a multiple of {world}")
+        return bs // world
 
     def val_dataloader(self) -> DataLoader:
-        # Every rank scores the whole validation set: the metric needs all frames pooled, and the
-        # validation set is small next to training, so duplicating it beats gathering ragged arrays.
-        ds = WindowDataset(self.val_subjects, self.val_windows, self.cfg.train.mask_missing_face)
-        return self._loader(ds, self.eval_batch_size, None)
+        # Each rank scores its share of the windows; FusionModule gathers the stitched frames from every
+        # rank before scoring, so the metric pools all frames once.
+        rank, world = self._world()
+        sampler = ShardSampler(len(self.val_windows), rank, world) if world > 1 else None
+        ds = WindowDataset(self.val_subjects, self.val_windows, self.cfg.train.mask_missing_face, self.pad_to)
+        return self._loader(ds, self.eval_batch_size, sampler)
 
     @property
     def eval_batch_size(self) -> int:
         return self.cfg.train.batch_size if self.cfg.train.eval_window_size > 0 else 1
 
-    def _loader(self, ds: Dataset, batch_size: int, sampler) -> DataLoader:
-        workers = self.cfg.train.num_workers
+    def _loader(self, ds: Dataset, batch_size: int, sampler, generator: torch.Generator | None = None) -> DataLoader:
+        tc = self.cfg.train
+        workers = tc.num_workers
+        # Persistent workers keep their RNG state from epoch to epoch, which a resumed run cannot
+        # reproduce: train.deterministic starts them afresh (seeded per epoch) instead.
         return DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=False,
-                          collate_fn=collate_windows, num_workers=workers,
-                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+                          collate_fn=collate_windows, num_workers=workers, generator=generator,
+                          persistent_workers=workers > 0 and not tc.deterministic,
+                          pin_memory=torch.cuda.is_available())
 
 
 def _dir_of(cache) -> str:

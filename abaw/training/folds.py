@@ -78,7 +78,8 @@ def make_split(table, folds: int = 0, fold: int = 0, seed: int = 0) -> Split:
         if r["split"] not in (SPLIT_TRAIN, SPLIT_VAL):
             continue
         if not r.get("usable", True):
-            excluded[r["subject"]] = "marked unusable in the index"
+            why = "; ".join(r.get("errors") or []) or "no reason recorded"
+            excluded[r["subject"]] = f"marked unusable in the index ({why})"
             continue
         if not r.get("n_frames"):
             excluded[r["subject"]] = "no frames"
@@ -99,7 +100,9 @@ def make_split(table, folds: int = 0, fold: int = 0, seed: int = 0) -> Split:
     sizes: dict[str, int] = {}
     video_of: dict[str, str] = {}
     for r in rows:
-        video = r.get("video") or source_video(r["subject"])
+        # Always the subject name without its side: when ``X_left``/``X_right`` each have their own raw
+        # file, the index's ``video`` column names the two files, yet both sides are one recording.
+        video = source_video(r["subject"])
         video_of[r["subject"]] = video
         sizes[video] = sizes.get(video, 0) + int(r["n_frames"])
     fold_of_video = assign_folds(sizes, folds, seed)

@@ -45,7 +45,10 @@ def stitch_batch(stitcher: Stitcher, batch: dict, out, with_gates: bool = True) 
     mask = batch["mask"].cpu().numpy()
     starts = batch["start"].tolist()
     counts = batch["n_frames"].tolist()
+    keep = batch["keep"].tolist() if "keep" in batch else [True] * b
     for j, subject in enumerate(batch["subject"]):
+        if not keep[j]:  # a DDP filler window, scored on its own rank
+            continue
         averaged = {"pred": pred[j]}
         averaged.update({GATE_PREFIX + k: g[j] for k, g in gates.items()})
         stitcher.add(subject, starts[j], counts[j], averaged, {"gold": gold[j], "mask": mask[j]})
@@ -72,16 +75,17 @@ def gate_means(out, pad: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Te
 @torch.no_grad()
 def predict_windows(model: torch.nn.Module, subjects: Sequence[SubjectData], window: int, hop: int,
                     batch_size: int, mask_missing_face: bool = False, device: torch.device | str | None = None,
-                    num_workers: int = 0) -> Stitcher:
+                    num_workers: int = 0, pad_to: int = 0) -> Stitcher:
     """Stitched outputs of ``model`` (put in eval mode) over whole ``subjects``: ``window <= 0`` runs
-    each subject in one piece, otherwise overlapping windows are averaged frame by frame."""
+    each subject in one piece, otherwise overlapping windows are averaged frame by frame. ``pad_to``:
+    batches are padded to at least this many frames (paper mode's fixed window length)."""
     from abaw.training.datamodule import WindowDataset, collate_windows, make_windows
 
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
-    ds = WindowDataset(subjects, make_windows(subjects, window, hop), mask_missing_face)
+    ds = WindowDataset(subjects, make_windows(subjects, window, hop), mask_missing_face, pad_to)
     loader = DataLoader(ds, batch_size=batch_size if window > 0 else 1, shuffle=False,
                         collate_fn=collate_windows, num_workers=num_workers)
     stitcher = Stitcher()

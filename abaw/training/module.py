@@ -74,7 +74,9 @@ class FusionModule(pl.LightningModule):
         out = forward_batch(self.model, batch)
         loss = self.loss(out.pred, batch["gold"], batch["mask"])
         b = batch["audio"].shape[0]
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=b, sync_dist=True)
+        # Per step for the progress bar and the loggers (this rank's value: no collective per step); the
+        # epoch mean over every rank is logged as train/loss with the validation metrics.
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=b)
         # Summed on the device: a float() here would stall the GPU once per step.
         self._train_sum = self._train_sum + loss.detach() * b
         self._train_n += b
@@ -92,7 +94,8 @@ class FusionModule(pl.LightningModule):
         out = forward_batch(self.model, batch)
         # Per-epoch validation needs only the gates' means (below), not per-frame gate tracks.
         stitch_batch(self._stitcher, batch, out, with_gates=False)
-        for name, (total, count) in gate_means(out, batch["pad"]).items():
+        real = batch["pad"] & batch["keep"][:, None] if "keep" in batch else batch["pad"]
+        for name, (total, count) in gate_means(out, real).items():
             acc = self._gates.setdefault(name, [0.0, 0.0])
             acc[0] = acc[0] + total.cpu().double().numpy()
             acc[1] = acc[1] + float(count)
@@ -100,7 +103,7 @@ class FusionModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         from abaw.metrics import p_va
 
-        st = self._stitcher
+        st = self._gather()
         # Lightning's sanity check and limit_val_batches see only part of the set: score what was seen.
         partial = self.trainer.sanity_checking or self.tc.limit_val_batches < 1.0
         pred, gold, mask = pooled(st, st.subjects(), allow_gaps=partial)
@@ -127,10 +130,35 @@ class FusionModule(pl.LightningModule):
             # Every rank scored the same whole validation set: syncing averages identical values (a
             # few scalars per epoch) and keeps Lightning's DDP logging checks quiet.
             self.log(k, v, prog_bar=k in ("val/p_va", "val/p_va_best"), sync_dist=True)
-        row = {"epoch": self.current_epoch, "step": self.global_step,
-               "train/loss": float(self._train_sum) / self._train_n if self._train_n else float("nan"),
-               "lr": self._current_lr(), **metrics}
+        train_loss = self._epoch_train_loss()
+        lr = self._current_lr()
+        self.log("train/loss", train_loss, sync_dist=True)
+        self.log("lr", lr, sync_dist=True)
+        row = {"epoch": self.current_epoch, "step": self.global_step, "train/loss": train_loss, "lr": lr,
+               **metrics}
         self.history.append(row)
+
+    def _epoch_train_loss(self) -> float:
+        return float(self._train_sum) / self._train_n if self._train_n else float("nan")
+
+    def _gather(self) -> Stitcher:
+        """This epoch's stitched validation frames from every DDP rank (each scored its own windows),
+        merged so every rank scores all frames exactly once; gate sums are added up the same way."""
+        import torch.distributed as dist
+
+        if not (self.trainer.world_size > 1 and dist.is_available() and dist.is_initialized()):
+            return self._stitcher
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (self._stitcher.state(), self._gates))
+        merged = Stitcher()
+        gates: dict[str, list] = {}
+        for state, part_gates in parts:
+            merged.merge(state)
+            for name, (total, count) in part_gates.items():
+                acc = gates.setdefault(name, [0.0, 0.0])
+                acc[0], acc[1] = acc[0] + total, acc[1] + count
+        self._gates = gates
+        return merged
 
     def _current_lr(self) -> float:
         opts = self.trainer.optimizers if self.trainer else []
@@ -148,7 +176,11 @@ class FusionModule(pl.LightningModule):
              {"params": no_decay, "weight_decay": 0.0}],
             lr=self.tc.lr,
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        dm = getattr(self.trainer, "datamodule", None)
+        if hasattr(dm, "steps_per_epoch"):  # without touching the loader (see FusionDataModule.steps_per_epoch)
+            total = max(1, dm.steps_per_epoch() * int(self.trainer.max_epochs or 1))
+        else:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
         per_epoch = total / max(1, self.trainer.max_epochs or 1)
         warmup = self.tc.warmup_epochs * per_epoch
         tc = self.tc

@@ -105,3 +105,40 @@ def plot_curves(path: str | Path, history: Sequence[dict]) -> Path:
         return _save(fig, Path(path))
     finally:
         plt.close(fig)
+
+
+def plot_gate_shift(path: str | Path, rows: Sequence[dict]) -> Path:
+    """The ablation's gate figure: per level (columns) and modality (rows), each gated variant's mean
+    attended weight of its per-iteration gate on clean and on degraded frames of that modality (mean
+    over seeds, bar = one standard deviation). A gate that falls back where its modality is degraded
+    has a lower degraded bar. Each row: level, variant, ``gate/<m>/iter/clean`` and ``.../degraded``."""
+    plt = _pyplot()
+    levels = list(dict.fromkeys(r["level"] for r in rows)) or ["-"]
+    mods = ("visual", "audio")
+    fig, axes = plt.subplots(len(mods), len(levels), figsize=(4.5 * len(levels), 3.2 * len(mods)),
+                             squeeze=False, sharey=True)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.92, bottom=0.14, wspace=0.1, hspace=0.45)
+    for j, level in enumerate(levels):
+        for i, m in enumerate(mods):
+            ax = axes[i, j]
+            at = [r for r in rows if r["level"] == level and np.isfinite(r.get(f"gate/{m}/iter/clean", np.nan))]
+            variants = list(dict.fromkeys(r["variant"] for r in at))
+            for k, (part, colour) in enumerate((("clean", "tab:blue"), ("degraded", "tab:red"))):
+                vals = [[r[f"gate/{m}/iter/{part}"] for r in at if r["variant"] == v] for v in variants]
+                mean = [float(np.nanmean(v)) for v in vals]
+                sd = [float(np.nanstd(v)) for v in vals]
+                ax.bar(np.arange(len(variants)) + (k - 0.5) * 0.38, mean, 0.38, yerr=sd, color=colour,
+                       label=f"{part} {m} frames")
+            ax.set_xticks(np.arange(len(variants)), variants, fontsize=8, rotation=15)
+            ax.set_ylim(0, 1.05)
+            ax.set_title(f"{level}: {m} gate", fontsize=9)
+            if j == 0:
+                ax.set_ylabel("attended weight")
+            if not variants:
+                ax.text(0.5, 0.5, "no gated variant", ha="center", va="center", transform=ax.transAxes)
+            elif i == 0 and j == 0:
+                ax.legend(fontsize=7, loc="lower left")
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)

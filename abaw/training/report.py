@@ -97,3 +97,105 @@ def plot_subjects(stitcher: Stitcher, subjects: Sequence[str], k: int) -> list[d
         out.append({"name": s, "pred": stitcher.mean(s, "pred"), "gold": stitcher.fixed(s, "gold"),
                     "valid": stitcher.fixed(s, "mask"), "gates": gates})
     return out
+
+
+# ---- gate diagnostics ----------------------------------------------------------------------------------
+SILENCE_DBFS = -45.0  # RMS over half a second below this: nobody is talking (real releases)
+
+
+def _runs_to_mask(n: int, runs: Sequence) -> np.ndarray:
+    m = np.zeros(n, bool)
+    for r in runs:
+        m[int(r[0]) : int(r[1])] = True
+    return m
+
+
+def near_silent(video_path: str | None, frame_times: Sequence[float] | None, n: int,
+                window_s: float = 0.5, dbfs: float = SILENCE_DBFS) -> np.ndarray:
+    """bool[n]: the soundtrack around each frame (``window_s`` centred) is below ``dbfs`` RMS, or
+    there is no soundtrack. Frames without a timestamp count as not silent."""
+    from abaw.features.audio_decode import AudioDecodeError, NoAudioStreamError, decode_audio
+
+    if not video_path or frame_times is None or len(frame_times) != n:
+        return np.zeros(n, bool)
+    try:
+        wave, rate, start = decode_audio(video_path, 16000)
+    except NoAudioStreamError:
+        return np.ones(n, bool)
+    except AudioDecodeError:
+        return np.zeros(n, bool)
+    power = np.concatenate([[0.0], np.cumsum(wave.astype(np.float64) ** 2)])
+    t = np.asarray(frame_times, dtype=np.float64)
+    a = np.clip(np.round((t - window_s / 2 - start) * rate).astype(np.int64), 0, len(wave))
+    b = np.clip(np.round((t + window_s / 2 - start) * rate).astype(np.int64), 0, len(wave))
+    rms = np.sqrt((power[b] - power[a]) / np.maximum(b - a, 1))
+    return (b - a == 0) | (rms < 10 ** (dbfs / 20))
+
+
+def degraded_frames(release_root: Path, subjects: Sequence[SubjectData], rows: dict[str, dict]
+                    ) -> tuple[dict[str, dict[str, np.ndarray]], str]:
+    """Per subject, where each modality is degraded: ``({subject: {"visual": bool[N], "audio": bool[N]}},
+    source)``. A synthetic release knows (its ground truth says what it planted where; read only for
+    this diagnosis); on a real one, frames without a face crop, and frames with near-silent audio."""
+    from abaw.synth.generate import planted_degradation
+
+    planted = planted_degradation(release_root)
+    if planted is not None and all(s.name in planted for s in subjects):
+        return ({s.name: {m: _runs_to_mask(s.n_frames, planted[s.name][m]) for m in ("visual", "audio")}
+                 for s in subjects}, "ground_truth")
+    out = {}
+    for s in subjects:
+        r = rows.get(s.name, {})
+        out[s.name] = {"visual": ~np.asarray(s.face, bool),
+                       "audio": near_silent(r.get("video_path"), r.get("frame_times"), s.n_frames)}
+    return out, "no face crop / near-silent audio"
+
+
+def gate_report(stitcher: Stitcher, subjects: Sequence[str], degraded: dict[str, dict[str, np.ndarray]],
+                source: str) -> dict:
+    """Gate diagnostics (``abaw.metrics.gates``) over every frame the windows covered, pooled over
+    ``subjects``, split by ``degraded``; empty for a model without gates."""
+    from abaw.metrics.gates import gate_diagnostics, headline
+
+    keys = sorted({k for s in subjects for k in stitcher.averaged_keys(s) if k.startswith(GATE_PREFIX)})
+    if not keys:
+        return {}
+    gates = {k[len(GATE_PREFIX):]: np.concatenate([stitcher.mean(s, k, allow_gaps=True) for s in subjects])
+             for k in keys}
+    covered = np.concatenate([stitcher.covered(s) for s in subjects])
+    masks = {m: np.concatenate([degraded[s][m] for s in subjects]) for m in ("visual", "audio")}
+    diag = gate_diagnostics(gates, masks, covered)
+    return {"degraded_source": source,
+            "degraded_fraction": {m: float(masks[m][covered].mean()) if covered.any() else float("nan")
+                                  for m in masks},
+            "headline": headline(diag), "gates": diag}
+
+
+def gate_summary(release_root: Path, stitcher: Stitcher, subjects: Sequence[SubjectData], rows: dict,
+                 path: Path) -> dict:
+    """The validation gate diagnostics of a run: written to ``path`` (gates.json) when the model has
+    gates, returned either way (empty without gates)."""
+    from abaw.utils import atomic_write_json
+
+    names = [s.name for s in subjects]
+    report = gate_report(stitcher, names, *degraded_frames(release_root, subjects, rows)) if names else {}
+    if report:
+        atomic_write_json(path, report)
+    return report
+
+
+def format_gates(report: dict) -> str:
+    """A few lines for the terminal: per gate, the headline numbers."""
+    if not report:
+        return ""
+    lines = [f"  gates (validation; degraded = {report['degraded_source']}, "
+             + ", ".join(f"{m} {f:.0%}" for m, f in report["degraded_fraction"].items()) + "):"]
+    h = report["headline"]
+    for name in sorted({k.rsplit("/", 1)[0] for k in h}):
+        parts = []
+        for key, label in (("attended", "attended"), ("entropy_median", "median entropy"),
+                           ("above_99", ">0.99"), ("shift", "degraded-clean")):
+            if f"{name}/{key}" in h:
+                parts.append(f"{label} {h[f'{name}/{key}']:+.3f}" if key == "shift" else f"{label} {h[f'{name}/{key}']:.3f}")
+        lines.append(f"    {name:14s} " + ", ".join(parts))
+    return "\n".join(lines)

@@ -19,8 +19,12 @@ import numpy as np
 from abaw.errors import AbawError
 
 
-class MissingFeaturesError(FileNotFoundError, AbawError):
-    """A subject the feature cache does not hold (features not extracted): a user's setup problem."""
+class MissingFeaturesError(AbawError, FileNotFoundError):
+    """A subject the run needs has no cached features (the features stage has not run for it)."""
+
+
+class StaleCacheError(AbawError, ValueError):
+    """Cached features, labels and the index disagree on a subject's frame axis."""
 
 
 class Cache(Protocol):
@@ -178,7 +182,7 @@ def open_subject(subject: str, n_frames: int, audio_cache: Cache, visual_cache: 
             raise MissingFeaturesError(f"{where}: no features for subject {subject!r} "
                                     f"({e.args[0] if e.args else e}); run `abaw features`") from e
         if len(feats) != n_frames or len(mask) != n_frames:
-            raise ValueError(f"{where}: subject {subject!r} has {len(feats)} feature rows and "
+            raise StaleCacheError(f"{where}: subject {subject!r} has {len(feats)} feature rows and "
                              f"{len(mask)} mask rows, but its frame axis has {n_frames} frames "
                              "(stale cache? re-run `abaw features`)")
         return RowReader(feats, f"{where}/{subject}"), np.array(mask, dtype=bool)
@@ -193,7 +197,7 @@ def attach_labels(data: SubjectData, label_file: str | Path) -> None:
 
     ann = read_annotations(label_file)
     if len(ann.values) != data.n_frames:
-        raise ValueError(f"{label_file}: {len(ann.values)} label rows, but subject {data.name!r} has "
+        raise StaleCacheError(f"{label_file}: {len(ann.values)} label rows, but subject {data.name!r} has "
                          f"{data.n_frames} frames on its axis (index out of date? re-run `abaw data`)")
     data.valid = np.asarray(ann.valid, dtype=bool)
     # The -5 sentinel is replaced by 0 once, here: masked or not, no loss term ever sees it.

