@@ -79,7 +79,7 @@ demo: $(STAMP) ## the whole pipeline on the generated release, scored like a lea
 	$(MAKE) --no-print-directory submit DATA= CONFIG=configs/demo.yaml
 
 video: $(STAMP) ## valence/arousal for any video: make video VIDEO=clip.mp4 RUNS="run1 run2" [FLAGS=--overlay]
-	@test -n "$(VIDEO)" -a -n "$(RUNS)" || { echo "make video needs VIDEO=FILE RUNS=\"RUN...\""; exit 2; }
+	$(if $(and $(VIDEO),$(RUNS)),,$(error make video needs VIDEO=FILE RUNS="RUN...", e.g. make video VIDEO=clip.mp4 RUNS=grjca_hier-official-3f9c0a1e))
 	$(ABAW) video $(VIDEO) $(ARGS) $(COMMON) --runs $(RUNS) $(call flags,video)
 
 test: $(STAMP) ## run the test suite (CPU, hermetic)

@@ -125,3 +125,13 @@ def test_near_silent_audio_and_planted_degradation_on_the_tiny_release(synth_rel
             talking[max(0, s - 10) : e + 10] = False
         assert quiet[talking].mean() < 0.2, subject
     assert checked == {"no_audio", "silence"}
+
+
+def test_a_single_iteration_model_has_no_stage_gate_to_diagnose():
+    """model.iterations=1 (a tuning trial may draw it): the stage gate is 1 everywhere and is left out,
+    while the iteration gate is still diagnosed."""
+    n = 6
+    gates = {"visual/stage": np.ones((n, 1)), "visual/iter": np.tile([[[0.3, 0.7]]], (n, 1, 1))}
+    d = gate_diagnostics(gates)
+    assert set(d) == {"visual/iter"}
+    assert headline(d)["visual/iter/attended"] == pytest.approx(0.7)

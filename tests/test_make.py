@@ -108,6 +108,8 @@ def test_the_shown_lines_were_found():
 def test_every_shown_make_line_runs_as_written(where, line):
     words = shlex.split(line)[1:]
     proc = make_n(*words)
+    if where == "make help" and len(words) == 1 and proc.returncode != 0 and " needs " in proc.stderr:
+        return  # a bare target that needs variables (make video) refuses at once, saying which
     assert proc.returncode == 0, f"{where}: `{line}` fails: {proc.stderr.strip()[-500:]}"
     for call in abaw_calls(proc.stdout):
         check_call(call, f"{where}: `{line}`")

@@ -118,6 +118,8 @@ def gate_diagnostics(gates: Mapping[str, np.ndarray], degraded: Mapping[str, np.
         elif kind == "stage":
             if g.ndim != 2:
                 raise ValueError(f"gate {name!r}: expected [frames, iterations], got shape {g.shape}")
+            if g.shape[1] < 2:  # over a single iteration the stage gate has nothing to choose
+                continue
             out[name] = {"kind": "stage", **_split(g, d, v, o)}
         else:
             raise ValueError(f"gate {name!r}: expected a name '<modality>/iter' or '<modality>/stage'")
