@@ -25,7 +25,7 @@ from abaw.video.errors import RunFeaturesError, VideoError
 log = logging.getLogger(__name__)
 
 SUBJECT = "clip"
-ALIGN_VERSION = 1  # bump when detection/tracking/alignment changes crops: old work folders are not reused
+ALIGN_VERSION = 2  # bump when detection/tracking/alignment changes crops: old work folders are not reused
 JPEG_QUALITY = 95
 AUTO_SMALL = 0.25  # --detector auto: faces smaller than this fraction of the frame's long side use "full"
 
@@ -36,6 +36,7 @@ class VideoOptions:
     every: int = 1  # run the detector on every k-th frame, interpolate between
     detector: str = "auto"  # auto (short range; full range where it finds no or only small faces) | short | full
     min_score: float | None = None  # detector score threshold (None: the model's own)
+    landmarks: str = "mesh"  # alignment points: "mesh" (MediaPipe face mesh on the box) | "detector" (BlazeFace's)
     crops: bool = False  # also write the aligned crops to <out>/crops/%05d.jpg
     overlay: bool = False  # write overlay.mp4
     device: str | None = None  # feature extraction and prediction device (None: the runs' own)
@@ -47,6 +48,8 @@ class VideoOptions:
             raise VideoError(f"--every must be >= 1, got {self.every}")
         if self.detector not in ("auto", "short", "full"):
             raise VideoError(f"--detector {self.detector!r} is not one of auto, short, full")
+        if self.landmarks not in ("mesh", "detector"):
+            raise VideoError(f"--landmarks {self.landmarks!r} is not one of mesh, detector")
         if isinstance(self.face, str) and self.face not in ("auto", "left", "right"):
             try:
                 self.face = int(self.face)
@@ -96,6 +99,11 @@ def detect_faces(clip, opts: VideoOptions) -> tuple[np.ndarray, dict]:
 
     primary = FaceDetector("full" if opts.detector == "full" else "short", opts.threads, opts.min_score)
     fallback = FaceDetector("full", opts.threads, opts.min_score) if opts.detector == "auto" else None
+    mesh = None
+    if opts.landmarks == "mesh":
+        from abaw.video.landmarks import FaceMesh
+
+        mesh = FaceMesh(opts.threads)
     from abaw.video.media import frames
 
     times, detections = [], {}
@@ -108,6 +116,8 @@ def detect_faces(clip, opts: VideoOptions) -> tuple[np.ndarray, dict]:
             # of 14 % of the frame came out 35 % too large), so small or no faces go to the full range.
             if fallback is not None and (not faces or min(f.size for f in faces) < AUTO_SMALL * max(rgb.shape[:2])):
                 faces = fallback(rgb) or faces
+            if mesh is not None:  # BlazeFace's keypoints are coarse; the mesh places them on the features
+                faces = [mesh.refine(rgb, f) for f in faces]
             detections[i] = faces
         if bar is not None:
             bar.update(1)
@@ -181,7 +191,7 @@ def faces_of(clip, opts: VideoOptions, work: Path):
 # ---- the whole thing --------------------------------------------------------------------------------
 def work_dir(out: Path, video: Path, opts: VideoOptions) -> Path:
     key = {"video": file_digest(video), "face": opts.face, "every": opts.every, "detector": opts.detector,
-           "min_score": opts.min_score, "align_version": ALIGN_VERSION, "jpeg_quality": JPEG_QUALITY}
+           "min_score": opts.min_score, "landmarks": opts.landmarks, "align_version": ALIGN_VERSION, "jpeg_quality": JPEG_QUALITY}
     return out / ".work" / stable_hash(key)
 
 
@@ -259,6 +269,7 @@ def cli_video(cfg: Config, args) -> int:
     """``abaw video FILE --runs RUN [RUN...] [--out DIR] [--face N] [--every K] [--overlay] [--crops]``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     opts = VideoOptions(face=args.face, every=args.every, detector=args.detector, crops=args.crops,
+                        landmarks=getattr(args, "landmarks", "mesh"),
                         overlay=args.overlay, device=args.device, progress=not args.no_progress)
     try:
         runs = resolve_runs(cfg, list(args.runs or []))
