@@ -97,10 +97,10 @@ def _eyes(crops: list[np.ndarray]) -> np.ndarray:
     return np.array(out)
 
 
-def _placement_ok(eyes: np.ndarray) -> tuple[float, float]:
+def _placement_ok(eyes: np.ndarray, template: np.ndarray = TEMPLATE) -> tuple[float, float]:
     """(median eye-centre error in px, median inter-ocular distance ratio) against the template."""
-    err = np.linalg.norm(eyes - TEMPLATE[None, :2], axis=2).mean(1)
-    iod = np.linalg.norm(eyes[:, 1] - eyes[:, 0], axis=1) / np.linalg.norm(TEMPLATE[1] - TEMPLATE[0])
+    err = np.linalg.norm(eyes - template[None, :2], axis=2).mean(1)
+    iod = np.linalg.norm(eyes[:, 1] - eyes[:, 0], axis=1) / np.linalg.norm(template[1] - template[0])
     return float(np.median(err)), float(np.median(iod))
 
 
@@ -356,7 +356,16 @@ def test_real_footage_with_real_speech(carphone_frames, video_run, tmp_path):
     assert all(c.shape == (CROP, CROP, 3) for c in crops)
     eyes = _eyes(crops[::4])
     assert len(eyes) >= 0.9 * len(crops[::4])
-    err, iod = _placement_ok(eyes)
+    # aligned to the layout of the crops the run trained on (--template release), learned from them
+    used = json.loads((out / "video.json").read_text())["template"]
+    assert used is not None
+    err, iod = _placement_ok(eyes, np.array(used))
+    assert err < 5.0 and 0.85 < iod < 1.15, (err, iod)
+    # and with --template standard, where the standard template puts the eyes
+    std = run_video(path, [video_run], tmp_path / "std", _opts(crops=True, template="standard"))
+    assert json.loads((std.out / "video.json").read_text())["template"] is None
+    std_crops = [decode_crop(str(f)) for f in sorted((std.out / "crops").glob("*.jpg"))]
+    err, iod = _placement_ok(_eyes(std_crops[::4]))
     assert err < 5.0 and 0.85 < iod < 1.15, (err, iod)
     # the audio features saw speech: the clip's audio mask is set on (almost) every frame
     from abaw.features.cache import FeatureCache
@@ -477,9 +486,29 @@ def test_crops_from_raw_synthetic_video_sit_where_the_release_crops_do(synth_rel
 def test_landmark_choice_is_checked_and_keys_the_work(tmp_path):
     with pytest.raises(VideoError, match="--landmarks"):
         _opts(landmarks="eyes").validate()
+    with pytest.raises(VideoError, match="--template"):
+        _opts(template="arcface").validate()
     video = tmp_path / "v.mp4"
     video.write_bytes(b"x")
     assert work_dir(tmp_path, video, _opts()) != work_dir(tmp_path, video, _opts(landmarks="detector"))
+    assert work_dir(tmp_path, video, _opts()) != work_dir(tmp_path, video, _opts(), TEMPLATE + 1.0)
+
+
+def test_template_is_learned_from_the_training_crops(synth_release):
+    """``--template release``: the mesh points measured on the release's own crops are where its renderer
+    draws the features (eyes at +-0.34 head radii, 0.18 above the centre), not the standard template."""
+    from abaw.synth.media import Appearance
+    from abaw.video.landmarks import FaceMesh, crop_template
+
+    dirs = [d for d in (synth_release / "cropped_aligned").iterdir() if d.is_dir()]
+    learned = crop_template(dirs, FaceMesh())
+    rng = np.random.default_rng(0)
+    apps = [Appearance.random(rng) for _ in range(200)]
+    planted_y = np.median([a.cy - 0.18 * a.radius for a in apps])
+    planted_iod = np.median([0.68 * a.radius for a in apps])
+    assert abs(learned[:2, 1].mean() - planted_y) < 2.0, (learned, planted_y)
+    assert abs((learned[1, 0] - learned[0, 0]) / planted_iod - 1) < 0.15, (learned, planted_iod)
+    assert crop_template([], FaceMesh()) is None
 
 
 # ---- synthetic footage: own detection and crops vs the release's crops --------------------------------

@@ -97,3 +97,34 @@ class FaceMesh:
         kp = det.keypoints.copy()
         kp[:4] = mesh_points(mesh)
         return Detection(det.box, det.score, kp)
+
+
+def crop_template(crop_dirs: list, mesh: FaceMesh, n_dirs: int = 20, per_dir: int = 10) -> np.ndarray | None:
+    """float64 [4, 2]: the median mesh points (eyes, nose tip, mouth centre) over a sample of aligned
+    crops (``per_dir`` files evenly spaced in each of up to ``n_dirs`` evenly spaced folders), i.e. where
+    the crops' own convention puts the features; None when fewer than 10 crops show a face.
+
+    The organisers publish no template for ``cropped_aligned``; the crops a run was trained on are the
+    convention it expects, so a clip aligned to their points looks like its training data."""
+    from abaw.features.visual import decode_crop
+
+    dirs = sorted(crop_dirs)
+    dirs = [dirs[int(i)] for i in np.linspace(0, len(dirs) - 1, min(n_dirs, len(dirs)))] if dirs else []
+    pts = []
+    for d in dirs:
+        files = sorted(d.glob("*.jpg"))
+        for j in np.linspace(0, len(files) - 1, min(per_dir, len(files))).astype(int) if files else []:
+            try:
+                crop = decode_crop(str(files[j]))
+            except OSError:
+                continue
+            side = min(crop.shape[:2])
+            # the region is the whole crop: a box of side / ROI_SCALE about its centre, eyes level
+            h = side / ROI_SCALE / 2
+            c = np.array([crop.shape[1] / 2, crop.shape[0] / 2], np.float32)
+            kp = np.zeros((6, 2), np.float32)
+            kp[0], kp[1] = c - [h, 0], c + [h, 0]
+            found, p = mesh(crop, Detection(np.array([*(c - h), *(c + h)], np.float32), 1.0, kp))
+            if p >= mesh.min_face and np.isfinite(found).all():
+                pts.append(mesh_points(found) * (112.0 / side))
+    return np.median(np.array(pts), 0).astype(np.float64) if len(pts) >= 10 else None
