@@ -11,8 +11,8 @@ Run: ``.venv/bin/python -m bench video``.
 
 With BENCH_SYNTH_RUN set (a run folder trained on the generated release), it also measures the
 synthetic-footage gap of issue 13: every validation + test subject's raw video predicted through
-``abaw video`` (its own detection, alignment and crops; once per ``--landmarks`` choice in BENCH_SYNTH_LANDMARKS,
-default ``mesh,detector``) against the
+``abaw video`` (its own detection, alignment and crops; once per ``--landmarks/--template`` pair in BENCH_SYNTH_WAYS,
+default ``mesh/release,mesh/standard,detector/standard``) against the
 same subjects predicted from the release's own crops, pooled P_VA / CCC against the known truth. The
 config is BENCH_SYNTH_CONFIG (default ``demo``) with the space-separated overrides in
 BENCH_SYNTH_OVERRIDES (e.g. ``features.visual.finetuned=``), under ABAW_CACHE.
@@ -123,10 +123,11 @@ def main() -> None:
     if os.environ.get("BENCH_SYNTH_RUN"):
         synth_gap(Path(os.environ["BENCH_SYNTH_RUN"]), os.environ.get("BENCH_SYNTH_CONFIG", "demo"),
                   os.environ.get("BENCH_SYNTH_OVERRIDES", "").split(),
-                  os.environ.get("BENCH_SYNTH_LANDMARKS", "mesh,detector").split(","))
+                  os.environ.get("BENCH_SYNTH_WAYS", "mesh/release,mesh/standard,detector/standard").split(","))
 
 
-def synth_gap(run: Path, config: str, overrides: list[str], landmarks: list[str]) -> None:
+def synth_gap(run: Path, config: str, overrides: list[str], ways: list[str]) -> None:
+    """``ways``: ``LANDMARKS/TEMPLATE`` pairs (``--landmarks`` and ``--template`` of abaw video)."""
     import polars as pl
 
     from abaw.config import load_config
@@ -140,7 +141,7 @@ def synth_gap(run: Path, config: str, overrides: list[str], landmarks: list[str]
     table = load_index(cfg).table
     root = Path(cfg.data_root)
     choice = ensemble_postprocess([run], cfg.postprocess)
-    sides = {"release crops": [], **{f"video, {lm} landmarks": [] for lm in landmarks}}
+    sides = {"release crops": [], **{f"video, {w}": [] for w in ways}}
     gold, valid = [], []
     with tempfile.TemporaryDirectory(prefix="bench-video-synth-") as d:
         for r in table.iter_rows(named=True):
@@ -152,8 +153,10 @@ def synth_gap(run: Path, config: str, overrides: list[str], landmarks: list[str]
             face = "left" if s.endswith("_left") else "right" if s.endswith("_right") else None
             video = Path(r["video_path"])
             video = video if video.is_absolute() else root / video
-            for lm in landmarks:
-                res = run_video(video, [run], Path(d) / lm / s, VideoOptions(face=face, landmarks=lm, progress=False))
+            for w in ways:
+                lm, tm = w.split("/")
+                res = run_video(video, [run], Path(d) / lm / tm / s,
+                                VideoOptions(face=face, landmarks=lm, template=tm, progress=False))
                 preds.append(pl.read_csv(res.frames_csv)[["valence", "arousal"]].to_numpy().astype(np.float32))
             n = min(len(ann.values), *(len(p) for p in preds))
             print(f"{s:>28s} {n:6d} frames  " + "  ".join(
