@@ -543,3 +543,15 @@ def test_synthetic_video_scores_like_the_release_crops(synth_features_cfg, video
     rel, vid, gold, valid = map(np.concatenate, (rel, vid, gold, valid))
     a, b = p_va(rel, gold, valid)["p_va"], p_va(vid, gold, valid)["p_va"]
     assert abs(a - b) <= 0.1, (a, b)
+
+
+def test_template_falls_back_to_the_standard_one_without_training_crops(video_run, tmp_path, caplog):
+    from abaw.config import load_config
+    from abaw.video.pipeline import train_template
+
+    cfg = load_config(video_run / "config.yaml", [f"data.root={tmp_path / 'gone'}"])
+    with caplog.at_level("WARNING"):
+        assert train_template(cfg, _opts()) is None
+    assert "standard" in caplog.text and "gone" in caplog.text
+    assert train_template(load_config(video_run / "config.yaml"), _opts(template="standard")) is None
+    assert train_template(load_config(video_run / "config.yaml"), _opts()) is not None
