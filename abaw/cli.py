@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--face", default=None, help="which face: N from the left (0 = leftmost), left, right")
     pv.add_argument("--every", type=int, default=1, help="detect on every k-th frame, track in between")
     pv.add_argument("--detector", default="auto", choices=["auto", "short", "full"])
+    pv.add_argument("--landmarks", default="mesh", choices=["mesh", "detector"],
+                    help="alignment points: the face mesh on the detected box (default) or the detector's own")
+    pv.add_argument("--template", default="release", choices=["release", "standard"],
+                    help="crop layout: that of the crops the run trained on (default) or the standard one")
     pv.add_argument("--device", default=None, help="features and prediction device (default: the runs')")
     pv.add_argument("--crops", action="store_true", help="also write the aligned crops")
     pv.add_argument("--overlay", action="store_true", help="write overlay.mp4 (face box, VA dot, audio)")

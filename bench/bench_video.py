@@ -8,6 +8,14 @@ generated release with the demo's backbones (resnet18 at 112 px, log-mel; random
 what the throughput depends on. One detector thread, torch at OMP_NUM_THREADS.
 
 Run: ``.venv/bin/python -m bench video``.
+
+With BENCH_SYNTH_RUN set (a run folder trained on the generated release), it also measures the
+synthetic-footage gap of issue 13: every validation + test subject's raw video predicted through
+``abaw video`` (its own detection, alignment and crops; once per ``--landmarks/--template`` pair in BENCH_SYNTH_WAYS,
+default ``mesh/release,mesh/standard,detector/standard``) against the
+same subjects predicted from the release's own crops, pooled P_VA / CCC against the known truth. The
+config is BENCH_SYNTH_CONFIG (default ``demo``) with the space-separated overrides in
+BENCH_SYNTH_OVERRIDES (e.g. ``features.visual.finetuned=``), under ABAW_CACHE.
 """
 
 from __future__ import annotations
@@ -111,6 +119,57 @@ def main() -> None:
                   f" {e2e:6.0f} fps ({e2e / FPS:5.2f}x rt)   face on {res.faces_found}/{res.n_frames}")
             print(f"{'':>10s} detect every 3rd frame: {rows[3]:6.0f} fps ({rows[3] / FPS:5.1f}x rt); "
                   f"stage seconds {', '.join(f'{k} {v:.1f}' for k, v in res.seconds.items())}")
+
+    if os.environ.get("BENCH_SYNTH_RUN"):
+        synth_gap(Path(os.environ["BENCH_SYNTH_RUN"]), os.environ.get("BENCH_SYNTH_CONFIG", "demo"),
+                  os.environ.get("BENCH_SYNTH_OVERRIDES", "").split(),
+                  os.environ.get("BENCH_SYNTH_WAYS", "mesh/release,mesh/standard,detector/standard").split(","))
+
+
+def synth_gap(run: Path, config: str, overrides: list[str], ways: list[str]) -> None:
+    """``ways``: ``LANDMARKS/TEMPLATE`` pairs (``--landmarks`` and ``--template`` of abaw video)."""
+    import polars as pl
+
+    from abaw.config import load_config
+    from abaw.data.annotations import read_annotations
+    from abaw.data.index import load_index
+    from abaw.metrics import p_va
+    from abaw.submit.predict import ensemble_postprocess, predict_subjects
+    from abaw.video.pipeline import VideoOptions, run_video
+
+    cfg = load_config(config, overrides)
+    table = load_index(cfg).table
+    root = Path(cfg.data_root)
+    choice = ensemble_postprocess([run], cfg.postprocess)
+    sides = {"release crops": [], **{f"video, {w}": [] for w in ways}}
+    gold, valid = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-video-synth-") as d:
+        for r in table.iter_rows(named=True):
+            if r["split"] not in ("val", "test") or not r["video_path"]:
+                continue
+            s = r["subject"]
+            ann = read_annotations(r["label_file"] or str(root / "ground_truth" / "Test_Set" / f"{s}.txt"))
+            preds = [np.clip(choice.apply(predict_subjects(run, [s], cfg, table=table)[s]), -1, 1)]
+            face = "left" if s.endswith("_left") else "right" if s.endswith("_right") else None
+            video = Path(r["video_path"])
+            video = video if video.is_absolute() else root / video
+            for w in ways:
+                lm, tm = w.split("/")
+                res = run_video(video, [run], Path(d) / lm / tm / s,
+                                VideoOptions(face=face, landmarks=lm, template=tm, progress=False))
+                preds.append(pl.read_csv(res.frames_csv)[["valence", "arousal"]].to_numpy().astype(np.float32))
+            n = min(len(ann.values), *(len(p) for p in preds))
+            print(f"{s:>28s} {n:6d} frames  " + "  ".join(
+                f"{k} {p_va(p[:n], ann.values[:n], ann.valid[:n])['p_va']:+.3f}"
+                for k, p in zip(sides, preds, strict=True)), flush=True)
+            for k, p in zip(sides, preds, strict=True):
+                sides[k].append(p[:n])
+            gold.append(ann.values[:n])
+            valid.append(ann.valid[:n])
+    g, m = np.concatenate(gold), np.concatenate(valid)
+    for k, v in sides.items():
+        r = p_va(np.concatenate(v), g, m)
+        print(f"pooled {k:>26s}: P_VA {r['p_va']:.3f}  CCC_v {r['ccc_v']:.3f}  CCC_a {r['ccc_a']:.3f}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from abaw.video.errors import RunFeaturesError, VideoError
 log = logging.getLogger(__name__)
 
 SUBJECT = "clip"
-ALIGN_VERSION = 1  # bump when detection/tracking/alignment changes crops: old work folders are not reused
+ALIGN_VERSION = 2  # bump when detection/tracking/alignment changes crops: old work folders are not reused
 JPEG_QUALITY = 95
 AUTO_SMALL = 0.25  # --detector auto: faces smaller than this fraction of the frame's long side use "full"
 
@@ -36,6 +36,8 @@ class VideoOptions:
     every: int = 1  # run the detector on every k-th frame, interpolate between
     detector: str = "auto"  # auto (short range; full range where it finds no or only small faces) | short | full
     min_score: float | None = None  # detector score threshold (None: the model's own)
+    landmarks: str = "mesh"  # alignment points: "mesh" (MediaPipe face mesh on the box) | "detector" (BlazeFace's)
+    template: str = "release"  # "release": the crop layout of the crops the run trained on | "standard"
     crops: bool = False  # also write the aligned crops to <out>/crops/%05d.jpg
     overlay: bool = False  # write overlay.mp4
     device: str | None = None  # feature extraction and prediction device (None: the runs' own)
@@ -47,6 +49,10 @@ class VideoOptions:
             raise VideoError(f"--every must be >= 1, got {self.every}")
         if self.detector not in ("auto", "short", "full"):
             raise VideoError(f"--detector {self.detector!r} is not one of auto, short, full")
+        if self.landmarks not in ("mesh", "detector"):
+            raise VideoError(f"--landmarks {self.landmarks!r} is not one of mesh, detector")
+        if self.template not in ("release", "standard"):
+            raise VideoError(f"--template {self.template!r} is not one of release, standard")
         if isinstance(self.face, str) and self.face not in ("auto", "left", "right"):
             try:
                 self.face = int(self.face)
@@ -96,6 +102,11 @@ def detect_faces(clip, opts: VideoOptions) -> tuple[np.ndarray, dict]:
 
     primary = FaceDetector("full" if opts.detector == "full" else "short", opts.threads, opts.min_score)
     fallback = FaceDetector("full", opts.threads, opts.min_score) if opts.detector == "auto" else None
+    mesh = None
+    if opts.landmarks == "mesh":
+        from abaw.video.landmarks import FaceMesh
+
+        mesh = FaceMesh(opts.threads)
     from abaw.video.media import frames
 
     times, detections = [], {}
@@ -108,6 +119,8 @@ def detect_faces(clip, opts: VideoOptions) -> tuple[np.ndarray, dict]:
             # of 14 % of the frame came out 35 % too large), so small or no faces go to the full range.
             if fallback is not None and (not faces or min(f.size for f in faces) < AUTO_SMALL * max(rgb.shape[:2])):
                 faces = fallback(rgb) or faces
+            if mesh is not None:  # BlazeFace's keypoints are coarse; the mesh places them on the features
+                faces = [mesh.refine(rgb, f) for f in faces]
             detections[i] = faces
         if bar is not None:
             bar.update(1)
@@ -118,7 +131,7 @@ def detect_faces(clip, opts: VideoOptions) -> tuple[np.ndarray, dict]:
     return np.asarray(times, np.float64), detections
 
 
-def write_crops(clip, track, crop_dir: Path, progress: bool) -> int:
+def write_crops(clip, track, crop_dir: Path, progress: bool, template: np.ndarray | None = None) -> int:
     """Aligned 112x112 crops of the followed face as ``%05d.jpg`` (1-based, the release's naming);
     frames without the face get no file, as in the release."""
     from abaw.data.release import crop_name
@@ -130,7 +143,7 @@ def write_crops(clip, track, crop_dir: Path, progress: bool) -> int:
     bar = _bar(len(track.found), "align") if progress else None
     for i, _, rgb in frames(clip):
         if i < len(track.found) and track.found[i]:
-            crop = aligned_crop(rgb, track.keypoints[i])
+            crop = aligned_crop(rgb, track.keypoints[i], template)
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
                                    [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             if not ok:
@@ -144,7 +157,7 @@ def write_crops(clip, track, crop_dir: Path, progress: bool) -> int:
     return n
 
 
-def faces_of(clip, opts: VideoOptions, work: Path):
+def faces_of(clip, opts: VideoOptions, work: Path, template: np.ndarray | None = None):
     """Detections, track and crops of the clip, from ``work`` when an earlier run left them."""
     from abaw.video.align import crop_box
     from abaw.video.track import Track, follow
@@ -165,11 +178,11 @@ def faces_of(clip, opts: VideoOptions, work: Path):
         runs = sum(1 for _ in detections)
         raise VideoError(f"{clip.path}: no face found on any of the {runs} frames the detector looked at "
                          f"({len(times)} frames; detector {opts.detector}); nothing to predict from")
-    track.boxes = np.stack([crop_box(k) if f else np.full(4, np.nan, np.float32)
+    track.boxes = np.stack([crop_box(k, template) if f else np.full(4, np.nan, np.float32)
                             for k, f in zip(track.keypoints, track.found, strict=True)]).astype(np.float32)
     if crop_dir.exists():
         shutil.rmtree(crop_dir)
-    write_crops(clip, track, crop_dir, opts.progress)
+    write_crops(clip, track, crop_dir, opts.progress, template)
     with atomic_path(state) as tmp, open(tmp, "wb") as f:
         np.savez(f, times=times, keypoints=track.keypoints, boxes=track.boxes, scores=track.scores,
                  found=track.found, detected=track.detected, n_faces=track.n_faces,
@@ -179,9 +192,26 @@ def faces_of(clip, opts: VideoOptions, work: Path):
 
 
 # ---- the whole thing --------------------------------------------------------------------------------
-def work_dir(out: Path, video: Path, opts: VideoOptions) -> Path:
-    key = {"video": file_digest(video), "face": opts.face, "every": opts.every, "detector": opts.detector,
-           "min_score": opts.min_score, "align_version": ALIGN_VERSION, "jpeg_quality": JPEG_QUALITY}
+def train_template(run_cfg: Config, opts: VideoOptions) -> np.ndarray | None:
+    """The [4, 2] alignment template of the crops the run was trained on (``--template release``), or
+    None (the standard template) when asked for or when those crops are not on this machine."""
+    if opts.template != "release" or opts.landmarks != "mesh":
+        return None
+    from abaw.video.landmarks import FaceMesh, crop_template
+
+    crops = Path(run_cfg.data_root) / run_cfg.data.crops
+    dirs = [d for d in crops.iterdir() if d.is_dir()] if crops.is_dir() else []
+    template = crop_template(dirs, FaceMesh(opts.threads)) if dirs else None
+    if template is None:
+        log.warning("%s: no training crops with faces to take the crop layout from; using the standard "
+                    "112x112 template", crops)
+    return template
+
+
+def work_dir(out: Path, video: Path, opts: VideoOptions, template: np.ndarray | None = None) -> Path:
+    key = {"template": None if template is None else np.round(template, 2).tolist(),
+           "video": file_digest(video), "face": opts.face, "every": opts.every, "detector": opts.detector,
+           "min_score": opts.min_score, "landmarks": opts.landmarks, "align_version": ALIGN_VERSION, "jpeg_quality": JPEG_QUALITY}
     return out / ".work" / stable_hash(key)
 
 
@@ -202,12 +232,13 @@ def run_video(video: str | Path, run_dirs: list[Path], out: str | Path | None = 
     # Refuse disagreeing runs before any decoding: that is the cheap check.
     recorded = vf.common_settings(run_dirs)
     run_cfg = load_config(run_dirs[0] / "config.yaml")
-    work = work_dir(out, clip.path, opts)
+    template = train_template(run_cfg, opts)
+    work = work_dir(out, clip.path, opts, template)
     work.mkdir(parents=True, exist_ok=True)
     ext_cfg = vf.extraction_config(run_dirs[0], run_cfg, recorded, work, opts.device)
 
     t = time.perf_counter()
-    times, track, crop_dir = faces_of(clip, opts, work)
+    times, track, crop_dir = faces_of(clip, opts, work, template)
     seconds["faces"] = time.perf_counter() - t
     n = len(times)
     log.info("%s: %d frames, face on %d (%s)", clip.path, n, int(track.found.sum()), track.choice)
@@ -246,7 +277,8 @@ def run_video(video: str | Path, run_dirs: list[Path], out: str | Path | None = 
         "frames": n, "faces_found": int(track.found.sum()), "faces_detected": int(track.detected.sum()),
         "identity": track.choice, "reference_frame": track.reference,
         "fps": clip.fps, "vfr": clip.vfr, "has_audio": clip.has_audio,
-        "options": asdict(opts), "runs": [str(r) for r in run_dirs],
+        "options": asdict(opts), "template": None if template is None else np.round(template, 2).tolist(),
+        "runs": [str(r) for r in run_dirs],
         "features": {k: {"trained_dir": str(d), "clip_dir": str(caches[k])} for k, d in
                      ((k, vf.read_record(run_dirs[0])[k]["dir"]) for k in vf.KINDS)},
         "postprocess": result.postprocess, "seconds": {k: round(v, 3) for k, v in seconds.items()},
@@ -259,6 +291,8 @@ def cli_video(cfg: Config, args) -> int:
     """``abaw video FILE --runs RUN [RUN...] [--out DIR] [--face N] [--every K] [--overlay] [--crops]``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     opts = VideoOptions(face=args.face, every=args.every, detector=args.detector, crops=args.crops,
+                        landmarks=getattr(args, "landmarks", "mesh"),
+                        template=getattr(args, "template", "release"),
                         overlay=args.overlay, device=args.device, progress=not args.no_progress)
     try:
         runs = resolve_runs(cfg, list(args.runs or []))
