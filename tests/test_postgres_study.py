@@ -134,7 +134,7 @@ def test_two_machines_fill_one_study(storage, synth_features_cfg, tmp_path):
                      "  model.dropout: {type: float, low: 0.0, high: 0.4}\n")
     cmd = [sys.executable, "-m", "abaw.cli", "tune", "-c", "configs/test.yaml", "--storage", storage,
            "--study", "two", f"data.root={cfg.data.root}", f"cache_root={cfg.cache_root}",
-           f"tune.space={space}", f"tune.n_trials={N_TRIALS}", "tune.heartbeat_s=1", "tune.max_epochs=2",
+           f"tune.space={space}", f"tune.n_trials={N_TRIALS}", "tune.heartbeat_s=4", "tune.max_epochs=2",
            "tune.pruner=median", "tune.pruner_startup_trials=1", "tune.pruner_warmup_epochs=0",
            "model.d_audio=16", "model.d_visual=16", "model.head_hidden=16", f"tune.export_dir={tmp_path}"]
     # One storage object for all the polling below (a URL would open a new connection pool each time).

@@ -53,7 +53,7 @@ def tune_cfg(synth_features_cfg, tmp_path):
         synth_features_cfg,
         [f"tune.space={space}", f"tune.export_dir={tmp_path / 'tuned'}", "tune.study=t",
          f"tune.storage=sqlite:///{tmp_path / 'study.db'}", "tune.pruner=none", "model.d_audio=16",
-         "model.d_visual=16", "model.head_hidden=16", "tune.heartbeat_s=1"],
+         "model.d_visual=16", "model.head_hidden=16", "tune.heartbeat_s=4"],
     )
 
 
@@ -168,7 +168,7 @@ def test_killed_study_restarts_keeping_finished_trials(tune_cfg):
            f"data.root={cfg.data.root}", f"cache_root={cfg.cache_root}", f"tune.space={cfg.tune.space}",
            f"tune.export_dir={cfg.tune.export_dir}", f"tune.storage={cfg.tune.storage}",
            "tune.study=killed", "tune.n_trials=3", "tune.pruner=none", "model.d_audio=16",
-           "model.d_visual=16", "model.head_hidden=16", "tune.heartbeat_s=1"]
+           "model.d_visual=16", "model.head_hidden=16", "tune.heartbeat_s=4"]
     open_study(cfg)  # the schema exists before two processes touch the file
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
