@@ -38,10 +38,13 @@ def _overrides(synth_release, cache: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def single(synth_release, tmp_path_factory):
     """One unsharded, uninterrupted extraction: what every parallel layout must reproduce."""
-    cfg = load_config("configs/test.yaml", _overrides(synth_release, tmp_path_factory.mktemp("single")))
-    report = extract_features(cfg, "visual")
-    assert report.ok and report.complete
-    return sorted(report.extracted), cache_bytes(report.cache_dir)
+    # In its own process, like the shards: nothing an earlier test did in this process can enter it.
+    overrides = _overrides(synth_release, tmp_path_factory.mktemp("single"))
+    out, err = _cli(overrides).communicate(timeout=600)
+    assert "FAILED" not in out + err, err[-3000:]
+    cache = FeatureCache(feature_dir(load_config("configs/test.yaml", overrides), "visual"))
+    assert cache.complete
+    return sorted(cache.subjects()), cache_bytes(cache.path)
 
 
 def _cli(overrides: list[str], *flags: str) -> subprocess.Popen:

@@ -239,13 +239,19 @@ def train(cfg: Config, *, datamodule: FusionDataModule | None = None, model: tor
         log.info("run %s: %s", out, f"resuming from {resume_from.name}" if resume_from else "new")
 
     lit = FusionModule(to_dict(tc), to_dict(cfg.model), dm.in_audio, dm.in_visual, model=model)
+    # Lightning's Trainer sets torch.use_deterministic_algorithms globally and never restores it; in a
+    # process that goes on (tests, tuning, the ablation) it would change what later code computes.
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     trainer = build_trainer(cfg, out, callbacks, _resume_step(resume_from) if resume_from else None)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         # config.yaml and folds.json are written into the run folder first, on purpose.
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
-        trainer.fit(lit, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
+        try:
+            trainer.fit(lit, datamodule=dm, ckpt_path=str(resume_from) if resume_from else None)
+        finally:
+            torch.use_deterministic_algorithms(was_deterministic)
     fit_s = time.perf_counter() - t0
     if not trainer.is_global_zero:
         return {}, {}
