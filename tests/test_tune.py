@@ -253,3 +253,31 @@ def test_an_absolute_journal_url_stays_absolute(tune_cfg, tmp_path, monkeypatch)
     assert target.is_file()
     assert journal_path("journal:rel.log") == Path("rel.log") and journal_path("x/study.log") == Path("x/study.log")
     assert journal_path("sqlite:///x.db") is None
+
+
+def test_a_reused_run_reports_its_recorded_epochs_to_the_pruner(tune_cfg, tmp_path):
+    """A trial whose run is already finished (same identity, e.g. the same study name and seed on a new
+    storage) is not retrained, but its recorded validation curve still reaches the trial and the pruner
+    (CI failure: a reused run left a COMPLETE trial with no intermediate values)."""
+    cfg = with_overrides(tune_cfg, ["tune.n_trials=2", "tune.study=reuse", "tune.max_epochs=2"])
+    first = run_study(cfg)
+    runs = {t.number: Path(t.user_attrs["run_dir"]) for t in first.get_trials(deepcopy=False)}
+    stamps = {n: (r / "best.ckpt").stat().st_mtime_ns for n, r in runs.items()}
+    again = run_study(with_overrides(cfg, [f"tune.storage=sqlite:///{tmp_path / 'other.db'}"]))
+    for a, b in zip(first.get_trials(deepcopy=False), again.get_trials(deepcopy=False), strict=True):
+        assert b.params == a.params and b.user_attrs["run_dir"] == str(runs[a.number])
+        assert (runs[a.number] / "best.ckpt").stat().st_mtime_ns == stamps[a.number]  # not retrained
+        assert b.intermediate_values == pytest.approx(a.intermediate_values) and len(b.intermediate_values) == 2
+        assert b.state == a.state == TrialState.COMPLETE and b.value == pytest.approx(a.value)
+
+
+def test_a_replayed_curve_is_pruned_where_training_would_have_been():
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1))
+    good = study.ask()
+    OptunaPruning(good).replay([(0, 0.6), (1, 0.7), (2, 0.8)])
+    study.tell(good, 0.8)
+    cb = OptunaPruning(study.ask())
+    with pytest.raises(optuna.TrialPruned):
+        cb.replay([(0, 0.1), (1, 0.1), (2, 0.1)])
+    assert cb.pruned and cb.reported_epochs == 2  # epoch 0 is warm-up; pruned at epoch 1

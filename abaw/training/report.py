@@ -33,6 +33,19 @@ def write_history(history: Sequence[dict], path: Path) -> Path:
     return write_csv(df, path)
 
 
+def validation_curve(run: Path, monitor: str = "val/p_va") -> list[tuple[int, float]]:
+    """(epoch, value) of every validation epoch a finished run logged to its metrics.csv (CSVLogger rows
+    without the monitor, e.g. training steps, are skipped); [] when there is no such file or column."""
+    path = Path(run) / "metrics.csv"
+    if not path.is_file():
+        return []
+    df = pl.read_csv(path, infer_schema_length=None)
+    if monitor not in df.columns or "epoch" not in df.columns:
+        return []
+    rows = df.select(pl.col("epoch").cast(pl.Int64), pl.col(monitor).cast(pl.Float64)).drop_nulls()
+    return [(int(e), float(v)) for e, v in rows.unique("epoch", keep="last", maintain_order=True).iter_rows()]
+
+
 def predictions_frame(stitcher: Stitcher, subjects: Sequence[SubjectData]) -> pl.DataFrame:
     """val_predictions.parquet: one row per frame of every validation subject. ``gold_*`` is null where
     the frame is not annotated (never the -5 sentinel or a fake 0); ``valid`` marks the frames that

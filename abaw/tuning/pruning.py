@@ -37,12 +37,23 @@ class OptunaPruning(pl.Callback):
         value = float(value)
         if not math.isfinite(value):
             value = -1.0  # a diverged epoch is the worst P_VA, not a reason to crash the study
-        epoch = trainer.current_epoch
+        if self._report(trainer.current_epoch, value):
+            trainer.should_stop = True
+
+    def _report(self, epoch: int, value: float) -> bool:
+        """Reports one epoch; True when the trial should now be pruned."""
         self.trial.report(value, step=epoch)
         self.reported_epochs += 1
-        if self.trial.should_prune():
-            self.pruned = True
-            trainer.should_stop = True
+        self.pruned = self.trial.should_prune()
+        return self.pruned
+
+    def replay(self, curve: list[tuple[int, float]]) -> None:
+        """Reports a reused run's recorded validation curve, epoch by epoch, as if it had trained now:
+        the shared pruner sees every finished trial's epochs, and a curve it would have pruned is pruned
+        at the same epoch (``optuna.TrialPruned``)."""
+        for epoch, value in curve:
+            if self._report(epoch, value if math.isfinite(value) else -1.0):
+                raise optuna.TrialPruned(f"pruned after {self.reported_epochs} validation epochs (reused run)")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.pruned:

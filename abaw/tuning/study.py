@@ -9,6 +9,7 @@ FAIL with its reason, and a worker that died mid-trial has its trial failed on t
 from __future__ import annotations
 
 import gc
+import inspect
 import multiprocessing as mp
 import os
 import socket
@@ -46,7 +47,7 @@ def journal_path(url: str) -> Path | None:
 
 
 def _record_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Optuna's ``failed_trial_callback``: a trial failed by heartbeat gets its reason (a finished trial
+    """Optuna's stale-trial callback: a trial failed by heartbeat gets its reason (a finished trial
     takes no attributes, so the reason is kept on the study, keyed by the trial number)."""
     who = f"{trial.user_attrs.get('worker_host', '?')}:{trial.user_attrs.get('worker_pid', '?')}"
     set_fail_reason(study, trial.number, f"no heartbeat from its worker {who}: it died mid-trial")
@@ -63,12 +64,16 @@ def make_storage(cfg: Config) -> optuna.storages.BaseStorage:
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     # Heartbeats let any worker (on any machine) fail the trials of a worker that died silently: Optuna
     # runs fail_stale_trials before every trial of every worker.
+    # Optuna 4.9 renamed the callback argument (the old name is deprecated); both are supported.
+    callback = ("heartbeat_stale_trial_callback"
+                if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+                else "failed_trial_callback")
     return optuna.storages.RDBStorage(
         url,
         engine_kwargs=engine_kwargs,
         heartbeat_interval=cfg.tune.heartbeat_s,
         grace_period=2 * cfg.tune.heartbeat_s,
-        failed_trial_callback=_record_stale,
+        **{callback: _record_stale},
     )
 
 
@@ -234,16 +239,20 @@ def trial_config(cfg: Config, space_overrides: dict[str, Any], number: int) -> C
 
 
 def objective(trial: optuna.Trial, cfg: Config, space) -> float:
+    from abaw.training.report import validation_curve
     from abaw.training.train import run_dir, train
     from abaw.tuning.pruning import OptunaPruning
 
     trial.set_user_attr("worker_host", socket.gethostname())
     trial.set_user_attr("worker_pid", os.getpid())
     trial_cfg = trial_config(cfg, space.suggest(trial), trial.number)
-    trial.set_user_attr("run_dir", str(run_dir(trial_cfg)))
+    out = run_dir(trial_cfg)
+    trial.set_user_attr("run_dir", str(out))
     pruning = OptunaPruning(trial)
     try:
         metrics, artifacts = train(trial_cfg, callbacks=[pruning])
+        if pruning.reported_epochs == 0:  # a finished run of the same identity was reused, untrained
+            pruning.replay(validation_curve(out))
     except optuna.TrialPruned:  # raised when training ends: no post-training report for a pruned trial
         trial.set_user_attr("epochs", pruning.reported_epochs)
         raise
