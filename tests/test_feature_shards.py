@@ -5,7 +5,6 @@ only its own remaining work."""
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import signal
@@ -14,7 +13,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 from test_features import FAST
 
@@ -118,13 +116,6 @@ def test_killed_shard_restarted_does_only_its_own_remaining_work(synth_release, 
     assert sorted(last.extracted) == share1 and last.complete
     got = cache_bytes(cache.path)
     assert got.keys() == expected.keys()
-    # Masks and input records byte for byte. Features: the killed shard's subject byte for byte; those
-    # resumed in *this* process to float16 rounding, because after an in-process training run earlier in
-    # the suite the same extraction differs from a fresh process in the last bits (cause not yet found;
-    # the parallel-process test above checks byte identity between processes).
-    for name, data in expected.items():
-        if name.endswith(".mask.npy") or name.endswith(".json") or name == f"{done[0]}.npy":
-            assert got[name] == data, name
-        else:
-            a, b = np.load(cache.path / name), np.load(io.BytesIO(data))
-            assert a.shape == b.shape and np.allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-3, rtol=2e-3), name
+    # Byte for byte: the killed shard's subject was written by a subprocess, the others in this process
+    # (after training runs earlier in the suite: see abaw/metrics/_threads.py).
+    assert got == expected

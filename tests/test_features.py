@@ -6,7 +6,6 @@ weights, one thread, no workers.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -158,15 +157,9 @@ def test_kill_and_resume_gives_the_uninterrupted_cache(fast_cfg, reference, synt
     assert report.ok and len(report.skipped) == 3 and len(report.extracted) == len(expected) // 2 - 3
     got = snapshot(cache.path)
     assert got.keys() == expected.keys()
-    # Masks byte for byte; features to float16 rounding: the killed run's subjects come from a fresh
-    # process, and after an in-process training run earlier in the suite the same extraction differs
-    # from a fresh process in the last bits (cause not yet found; see tests/test_feature_shards.py).
-    for name, data in expected.items():
-        if name.endswith(".mask.npy"):
-            assert got[name] == data, name
-        else:
-            a, b = np.load(cache.path / name), np.load(io.BytesIO(data))
-            assert a.shape == b.shape and np.allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-3, rtol=2e-3), name
+    # Byte for byte, though the killed run's subjects come from a fresh process and the rest from this one
+    # (after training runs earlier in the suite: see abaw/metrics/_threads.py).
+    assert got == expected
     assert not list(cache.path.glob("*.tmp")) and report.complete
 
 

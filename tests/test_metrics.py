@@ -458,3 +458,28 @@ def test_package_import_stays_light():
         "assert 'torch' not in sys.modules, 'torch imported by the metrics'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_numba_parallel_kernels_leave_torchs_thread_count_alone():
+    """Numba's OpenMP layer shares the runtime with torch and sets every core's worth of threads at each
+    parallel launch; after a validation search, torch must still use what the process asked for (an
+    in-process feature extraction after training differed from a fresh process in the last bits)."""
+    import numba
+    import torch
+
+    from abaw.metrics import bootstrap_ci, search_windows
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one core: Numba's parallel launch cannot change the count")
+    rng = np.random.default_rng(0)
+    preds = {f"s{i}": rng.normal(size=(300, 2)).astype(np.float32) for i in range(6)}
+    golds = {k: (v + rng.normal(size=v.shape)).astype(np.float32) for k, v in preds.items()}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        search_windows(preds, golds, windows=[1, 5, 9])
+        assert torch.get_num_threads() == 1
+        bootstrap_ci(preds, golds, n_resamples=50)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

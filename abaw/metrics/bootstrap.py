@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from numba import njit, prange
 
+from abaw.metrics._threads import torch_threads_kept
 from abaw.metrics.concordance import (
     C_XY,
     M2_X,
@@ -127,7 +128,8 @@ def resample_scores(
             f"resample_scores: indices must be [B, k] subject indices in [0, {len(ss.subjects)})"
         )
     out = np.empty((idx.shape[0], 2))
-    (_resample_parallel if parallel else _resample_serial)(sums, shift, idx, float(ddof), out)
+    with torch_threads_kept():
+        (_resample_parallel if parallel else _resample_serial)(sums, shift, idx, float(ddof), out)
     return out
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from abaw.metrics._checks import DIM_NAMES, as_values
+from abaw.metrics._threads import torch_threads_kept
 from abaw.metrics.concordance import FASTMATH, MEAN_X, MEAN_Y, N, ccc_from_central, check_ddof, require_frames
 from abaw.metrics.smoothing import (
     MEAN,
@@ -245,7 +246,8 @@ def window_scores(
     method = MEAN if smooth in ("mean", "none") else MEDIAN
     if smooth == "none":
         halves = np.zeros_like(halves)
-    _search_kernel(x, y, m, offsets, bounds, halves, method, bool(clip), shift, sums)
+    with torch_threads_kept():
+        _search_kernel(x, y, m, offsets, bounds, halves, method, bool(clip), shift, sums)
     tot = sums.sum(axis=0)  # [W, 2, 6], chunks added in a fixed order
     if not np.isfinite(tot).all():
         raise ValueError(f"{where}: the accumulated sums overflowed (magnitudes near the float64 limit?)")
