@@ -11,6 +11,7 @@ from polars.testing import assert_frame_equal
 
 from abaw.ablation import run as ablation
 from abaw.ablation.table import markdown, summarise
+from abaw.config import with_overrides
 
 
 def test_parse_variant():
@@ -96,3 +97,20 @@ def test_ablation_table_and_cached_rerun(synth_features_cfg, tmp_path, monkeypat
     part = ablation.run_ablation(cfg, ["concat", "grjca_hier"], [0, 2], ["release"], tmp_path / "part",
                                  reference="concat", train_missing=False)
     assert pl.read_csv(part["results"])["seed"].to_list() == [0, 0]
+
+
+@pytest.mark.parametrize("finetuned, tunes", [("", False), ("faces", True), ("/elsewhere/faces", False)])
+def test_a_level_is_fine_tuned_when_the_config_asks(synth_cfg, monkeypatch, finetuned, tunes):
+    """`make ablate` runs with the demo config, which asks for fine-tuned features: each generated level
+    gets its own fine-tuning (by name, on its training crops) before extraction, as `make features` does;
+    a path names a fine-tuning made elsewhere, used as it is."""
+    from types import SimpleNamespace
+
+    calls = []
+    monkeypatch.setattr("abaw.finetune.run.finetune", lambda c: calls.append(("finetune", c.release_name)))
+    monkeypatch.setattr("abaw.features.extract.extract_features",
+                        lambda c, kind, index=None: calls.append((kind, c.release_name)) or SimpleNamespace(ok=True))
+    cfg = with_overrides(synth_cfg, [f"features.visual.finetuned={finetuned}"])
+    ablation.prepare_level(cfg, generate_release=False)
+    kinds = [k for k, _ in calls]
+    assert kinds == (["finetune"] if tunes else []) + ["visual", "audio"]

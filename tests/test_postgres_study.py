@@ -109,9 +109,9 @@ class Machine:
         return self.log.read_text()[-1500:] if self.log.exists() else ""
 
 
-def _trials(url: str) -> tuple[optuna.Study | None, list]:
+def _trials(url, name: str) -> tuple[optuna.Study | None, list]:
     try:
-        study = optuna.load_study(study_name="two", storage=url)
+        study = optuna.load_study(study_name=name, storage=url)
     except KeyError:
         return None, []
     return study, study.get_trials(deepcopy=False)
@@ -132,8 +132,11 @@ def test_two_machines_fill_one_study(storage, synth_features_cfg, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("params:\n  train.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}\n"
                      "  model.dropout: {type: float, low: 0.0, high: 0.4}\n")
+    # A study name of its own per storage: the trials' runs must train here, not be reused from the other
+    # storage's study on the same release cache (a reused run finishes at once, and nothing is mid-trial).
+    name = "two-journal" if storage.startswith("journal://") else "two-pg"
     cmd = [sys.executable, "-m", "abaw.cli", "tune", "-c", "configs/test.yaml", "--storage", storage,
-           "--study", "two", f"data.root={cfg.data.root}", f"cache_root={cfg.cache_root}",
+           "--study", name, f"data.root={cfg.data.root}", f"cache_root={cfg.cache_root}",
            f"tune.space={space}", f"tune.n_trials={N_TRIALS}", "tune.heartbeat_s=4", "tune.max_epochs=2",
            "tune.pruner=median", "tune.pruner_startup_trials=1", "tune.pruner_warmup_epochs=0",
            "model.d_audio=16", "model.d_visual=16", "model.head_hidden=16", f"tune.export_dir={tmp_path}"]
@@ -150,7 +153,7 @@ def test_two_machines_fill_one_study(storage, synth_features_cfg, tmp_path):
     try:
         # Kill A while it runs a trial, once some trial has finished (so the study holds real work).
         def a_mid_trial():
-            _, trials = _trials(load_url)
+            _, trials = _trials(load_url, name)
             done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
             mine = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("worker_pid") == a.pid]
             return mine[0].number if done and mine else None
@@ -160,7 +163,7 @@ def test_two_machines_fill_one_study(storage, synth_features_cfg, tmp_path):
 
         # B (alive) fails A's trial: by heartbeat on PostgreSQL, by the pid check on the journal.
         def failed_by_b():
-            study, trials = _trials(load_url)
+            study, trials = _trials(load_url, name)
             t = next(t for t in trials if t.number == killed)
             return (study, t) if t.state == TrialState.FAIL else None
 
@@ -174,7 +177,7 @@ def test_two_machines_fill_one_study(storage, synth_features_cfg, tmp_path):
         # Kill B too (mid-trial when the study is not full yet), then restart one worker: it resumes the
         # study up to its total.
         def b_mid_trial_or_done():
-            _, trials = _trials(load_url)
+            _, trials = _trials(load_url, name)
             if b.proc.poll() is not None or any(t.state == TrialState.RUNNING and
                                                 t.user_attrs.get("worker_pid") == b.pid for t in trials):
                 return True
@@ -189,7 +192,7 @@ def test_two_machines_fill_one_study(storage, synth_features_cfg, tmp_path):
         for m in machines:
             m.kill()
 
-    study, trials = _trials(load_url)
+    study, trials = _trials(load_url, name)
     states = [t.state for t in trials]
     assert len(trials) == N_TRIALS and all(s in FINISHED for s in states), states  # the exact total
     assert trials[killed].state == TrialState.FAIL
@@ -198,4 +201,4 @@ def test_two_machines_fill_one_study(storage, synth_features_cfg, tmp_path):
     reported = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert all(t.intermediate_values for t in reported)  # every epoch went to the shared pruner
     assert {a.pid, b.pid} <= {t.user_attrs.get("worker_pid") for t in trials if t.intermediate_values}
-    assert (tmp_path / "two.yaml").is_file() or not any(t.state == TrialState.COMPLETE for t in trials)
+    assert (tmp_path / f"{name}.yaml").is_file() or not any(t.state == TrialState.COMPLETE for t in trials)

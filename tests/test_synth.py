@@ -412,7 +412,7 @@ def _face_measures(root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     return v, s.astype(int), face, mouth_mean, shape
 
 
-@pytest.fixture(scope="module", params=["curve", "shape"])
+@pytest.fixture(scope="module", params=["curve", "wild", "shape"])
 def cue_release(request, tmp_path_factory):
     """(face_cues, a tiny release generated with it)."""
     root = tmp_path_factory.mktemp(request.param.replace("+", "_")) / "rel"
@@ -420,8 +420,8 @@ def cue_release(request, tmp_path_factory):
 
 
 def test_curve_faces_carry_valence_in_geometry_only(cue_release):
-    """face_cues=curve: neither the face's nor the mouth region's brightness follows valence, while the
-    mouth's curvature does. "shape" keeps a brightness cue (teeth when happy, a dark gap when unhappy,
+    """face_cues=curve (and "wild"): neither the face's nor the mouth region's brightness follows valence,
+    while the mouth's curvature does. "shape" keeps a brightness cue (teeth when happy, a dark gap when unhappy,
     an opening that grows with |valence|): the measure finds it there, which is why "curve" exists.
 
     Brightness is compared within subjects (z-scored per subject, as the pipeline normalises features per
@@ -440,6 +440,9 @@ def test_curve_faces_carry_valence_in_geometry_only(cue_release):
     if cues == "curve":
         assert abs(r_face) < 0.15 and abs(r_mouth) < 0.15, (r_face, r_mouth)
         assert ok.mean() > 0.95 and r_shape > 0.9, (ok.mean(), r_shape)
+    elif cues == "wild":  # the same geometry, smaller, measured through the moving head and light
+        assert abs(r_face) < 0.15 and abs(r_mouth) < 0.15, (r_face, r_mouth)
+        assert ok.mean() > 0.9 and r_shape > 0.4, (ok.mean(), r_shape)
     else:
         assert r_mouth > 0.5, r_mouth
 
@@ -567,3 +570,19 @@ def test_release_of_other_degradation_is_not_reused(tmp_path):
     assert synth._is_complete(out, 1, 0.05)
     assert not synth._is_complete(out, 1, 0.05, {"face_degraded": 0.2, "voice_degraded": 0.0})
     assert synth._is_complete(out, 1, 0.05, {"face_degraded": 0.0, "voice_degraded": 0.0})
+
+
+def test_wild_pose_track_is_smooth_bounded_and_joins_across_blocks():
+    """The "wild" head, light and eyelids are a function of (person, time): frames rendered in separate
+    blocks join up, every track stays in its range, and the eyes are shut a few percent of the time."""
+    t = np.arange(0, 60, 1 / 30)
+    whole = synth.media.pose_track(3, t)
+    halves = [synth.media.pose_track(3, t[:900]), synth.media.pose_track(3, t[900:])]
+    for key, track in whole.items():
+        np.testing.assert_array_equal(track, np.concatenate([h[key] for h in halves]), err_msg=key)
+    assert np.abs(whole["yaw"]).max() <= synth.media.WILD_YAW + 1e-6
+    assert np.abs(whole["roll"]).max() <= synth.media.WILD_ROLL + 1e-4
+    assert np.abs(whole["scale"] - 1).max() <= synth.media.WILD_SCALE + 1e-6
+    assert np.abs(np.diff(whole["roll"])).max() < 1.0  # degrees per frame: a sway, not jitter
+    assert 0.01 < whole["blink"].mean() < 0.15
+    assert not np.array_equal(whole["roll"], synth.media.pose_track(4, t)["roll"])  # each person their own

@@ -95,16 +95,23 @@ def _synthetic_meta(root: Path) -> dict | None:
 
 
 def prepare_level(cfg: Config, generate_release: bool) -> None:
-    """Write the level's release (when it is generated here), index it and fill both feature caches;
-    every step keeps what is already complete."""
+    """Write the level's release (when it is generated here), index it, fine-tune the visual backbone on
+    its training crops when the config asks for it (``features.visual.finetuned``, as ``make features``
+    does; a finished fine-tuning is reused) and fill both feature caches; every step keeps what is
+    already complete."""
     from abaw.data.index import load_index
     from abaw.features.extract import extract_features
+    from abaw.features.registry import is_finetune_name
 
     if generate_release:
         from abaw.synth.generate import generate
 
         generate(cfg.data_root, seed=cfg.synth.seed, scale=cfg.synth.scale, degradation=cfg.synth.degradation())
     table = load_index(cfg).table
+    if is_finetune_name(cfg.features.visual.finetuned):  # a path names one made elsewhere: used as it is
+        from abaw.finetune.run import finetune
+
+        finetune(cfg)
     for kind in ("visual", "audio"):
         report = extract_features(cfg, kind, index=table)
         if not report.ok:

@@ -165,13 +165,19 @@ def _pretrained_cfg(model: str) -> dict[str, Any]:
     return pcfg.to_dict() if pcfg is not None else {"input_size": (3, 224, 224)}
 
 
+def is_finetune_name(ref: str) -> bool:
+    """Whether ``features.visual.finetuned`` is a name (a fine-tuning of this release, under its cache)
+    rather than a path to one made elsewhere."""
+    return bool(ref) and os.sep not in ref and not ref.startswith((".", "~"))
+
+
 def finetuned_dir(vcfg: VisualBackboneConfig, release_cache: str | os.PathLike | None = None) -> Path | None:
     """The folder ``features.visual.finetuned`` names (None when it is empty): a path as given, or a name
     under ``<release_cache>/finetune/``."""
     ref = vcfg.finetuned
     if not ref:
         return None
-    if os.sep in ref or ref.startswith((".", "~")):
+    if not is_finetune_name(ref):
         return Path(ref).expanduser().resolve()
     if release_cache is None:
         raise FinetunedError(

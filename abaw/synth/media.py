@@ -80,7 +80,10 @@ PALLOR = (10, -4, -14)
 # geometry only -- mouth corners up/down about a fixed mean height, brow tilt, eye shape at constant area --
 # with the opening driven by speech (``mouth_opening``), the case where a frozen random backbone fails
 # and fine-tuning must help.
-FACE_CUES = ("shape+colour", "shape", "curve")
+# "wild" is "curve" as a face in the wild shows it: smaller still (corners ~3 px), on a head that turns,
+# tilts, nears and leaves the camera and blinks, under light that moves (``pose_track``) -- all of it
+# independent of valence, all of it what aligned Aff-Wild2 crops keep of real footage.
+FACE_CUES = ("shape+colour", "shape", "curve", "wild")
 # "curve" is subtler than the cartoon levels, as real expressions are: the mouth corners move by
 # CURVE_BEND * 2/3 head radii (~5 px in a 112 px crop) at |valence| = 1, the brows tilt half as much,
 # and the head rolls slowly (HEAD_ROLL degrees, independent of valence), so no fixed edge orientation
@@ -90,6 +93,14 @@ CURVE_BROW = 0.3
 EYE_SQUINT = 0.2  # eye half-width grows by this fraction per unit of valence, half-height shrinks (area fixed)
 HEAD_ROLL = 8.0
 MAX_OPENING = 0.16  # mouth opening while speaking, in head radii
+# "wild": the geometric cues at 60 % of "curve", and the pose, scale, light and blinks of ``pose_track``.
+WILD_CUE = 0.6
+WILD_YAW = 0.12  # inner-face shift when the head turns, head radii
+WILD_ROLL = 10.0  # degrees
+WILD_SCALE = 0.08  # relative change of the face's size in the crop (residual of the alignment)
+WILD_SHIFT = 3.0  # pixels of slow drift of the face in the crop
+WILD_LIGHT = 0.35  # brightness slope across the crop, per crop width, left-right and top-bottom
+WILD_GAIN = 0.12  # slow change of exposure
 
 
 def mouth_opening(seed: int, t: np.ndarray) -> np.ndarray:
@@ -115,6 +126,34 @@ def head_roll(seed: int, t: np.ndarray) -> np.ndarray:
     return (HEAD_ROLL * np.sin(2 * np.pi * f[:, None] * t[None] + ph[:, None]).mean(0) * 1.2).clip(
         -HEAD_ROLL, HEAD_ROLL
     ).astype(np.float32)
+
+
+def _sway(rng: np.random.Generator, t: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """A slow sway in [-1, 1]: three sinusoids of frequencies in [lo, hi] Hz with random phases."""
+    f, ph = rng.uniform(lo, hi, 3), rng.uniform(0, 2 * np.pi, 3)
+    return np.clip(np.sin(2 * np.pi * f[:, None] * t[None] + ph[:, None]).mean(0) * 1.2, -1, 1)
+
+
+def pose_track(seed: int, t: np.ndarray) -> dict[str, np.ndarray]:
+    """Per frame at container times ``t`` for one person under "wild" (each a float32 [len(t)], a
+    deterministic function of (seed, t), independent of valence): ``yaw`` (inner-face shift, head radii),
+    ``roll`` (degrees), ``scale``, ``tx``/``ty`` (pixels), ``light_x``/``light_y`` (brightness slopes),
+    ``gain`` and ``blink`` (1 while the eyes are shut: about 0.15 s every 2-6 s)."""
+    rng = np.random.default_rng([int(seed), 41])
+    t = np.asarray(t, np.float64)
+    track = {
+        "yaw": WILD_YAW * _sway(rng, t, 0.05, 0.5),
+        "roll": WILD_ROLL * _sway(rng, t, 0.05, 0.4),
+        "scale": 1 + WILD_SCALE * _sway(rng, t, 0.02, 0.2),
+        "tx": WILD_SHIFT * _sway(rng, t, 0.05, 0.5),
+        "ty": WILD_SHIFT * _sway(rng, t, 0.05, 0.5),
+        "light_x": WILD_LIGHT * _sway(rng, t, 0.01, 0.1),
+        "light_y": WILD_LIGHT * _sway(rng, t, 0.01, 0.1),
+        "gain": 1 + WILD_GAIN * _sway(rng, t, 0.01, 0.1),
+    }
+    rate, phase = rng.uniform(1 / 6, 1 / 2), rng.uniform()
+    track["blink"] = ((t * rate + phase) % 1 < 0.15 * rate).astype(np.float64)
+    return {k: v.astype(np.float32) for k, v in track.items()}
 
 
 def skin_tint(valence: np.ndarray, face_cues: str) -> np.ndarray:
@@ -163,12 +202,14 @@ def render_faces(
     face_cues: str = "shape+colour",
     opening: np.ndarray | None = None,
     roll: np.ndarray | None = None,
+    pose: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """uint8 [n, CROP, CROP, 3]: one face per frame showing ``valence``; background only where not
     ``present``; ``mode`` OCCLUDE/BLUR hides the face; ``face_cues`` (FACE_CUES) says what of the face
     shows valence. ``opening`` (head radii per frame, e.g. ``mouth_opening``; closed when None) is how
     far the mouth is open under "curve", ``roll`` (degrees per frame, e.g. ``head_roll``; upright when
-None) how far the head is rotated in the crop under "curve". Deterministic for a given ``rng`` state.
+None) how far the head is rotated in the crop under "curve"; ``pose`` (``pose_track``) moves the head,
+the light and the eyelids under "wild" (still when None). Deterministic for a given ``rng`` state.
 
     Head and hair (and eyes, except under "curve") are a static canvas; brows and mouth are drawn per
     frame (in the window that holds them), then each frame is cut from the canvas at its own small
@@ -176,7 +217,11 @@ None) how far the head is rotated in the crop under "curve". Deterministic for a
     """
     n = len(valence)
     S = CROP
-    curve = face_cues == "curve"
+    wild = face_cues == "wild"
+    curve = face_cues in ("curve", "wild")  # "wild" draws the "curve" face, smaller, under ``pose``
+    cue = WILD_CUE if wild else 1.0
+    if wild and pose is None:
+        pose = {"yaw": np.zeros(n, np.float32)}
     if opening is None:
         opening = np.zeros(n, np.float32)
     bg, face, u, w, skin = _canvas(app, eyes=not curve)
@@ -185,7 +230,6 @@ None) how far the head is rotated in the crop under "curve". Deterministic for a
     cols = np.flatnonzero(np.abs(u[0]) < 0.6)
     r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     uw, ww = u[r0:r1, c0:c1][None], w[r0:r1, c0:c1][None]
-    auw = np.abs(uw)
     cu = uw / MOUTH_HALF_WIDTH
     in_mouth = np.abs(cu) < 1
     occluder = (np.abs(u) < 0.95) & (w > -0.7) & (w < 0.95)
@@ -207,10 +251,14 @@ None) how far the head is rotated in the crop under "curve". Deterministic for a
         win = canvas[:, r0:r1, c0:c1]
         shown = present[idx][:, None, None]
         # Brows: negative valence pulls the inner ends down (frown), positive lifts them.
-        brow_w = -0.45 - 0.10 * v + (CURVE_BROW if curve else 0.6) * v * (auw - 0.35)
-        win[shown & (auw > 0.14) & (auw < 0.56) & (np.abs(ww - brow_w) < 0.06)] = (35, 25, 20)
+        # A turned head ("wild") moves brows, eyes and mouth sideways within the face outline.
+        fu = uw - pose["yaw"][idx][:, None, None] if wild else uw
+        afu = np.abs(fu)
+        brow_w = -0.45 - 0.10 * cue * v + (CURVE_BROW if curve else 0.6) * cue * v * (afu - 0.35)
+        win[shown & (afu > 0.14) & (afu < 0.56) & (np.abs(ww - brow_w) < 0.06)] = (35, 25, 20)
         if curve:
-            _curve_mouth_and_eyes(win, shown, uw, ww, v, opening[idx], app.lips)
+            blink = pose["blink"][idx] if wild and "blink" in pose else None
+            _curve_mouth_and_eyes(win, shown, fu, ww, cue * v, opening[idx], app.lips, blink)
         else:
             # Mouth: ~R wide (over a third of the crop); the corners rise and the centre drops with
             # valence, and the opening shows teeth when happy, a dark gap when unhappy.
@@ -230,11 +278,20 @@ None) how far the head is rotated in the crop under "curve". Deterministic for a
                 for j, i in enumerate(idx)
             ]
         )
-        if curve and roll is not None:  # aligned crops keep a residual roll; black beyond the frame
+        if wild and "roll" in pose:  # residual roll, scale and drift of the alignment; black beyond
+            for j, i in enumerate(idx):
+                if present[i]:
+                    crops[j] = _affine(crops[j], pose["roll"][i], pose["scale"][i], pose["tx"][i], pose["ty"][i])
+        elif curve and roll is not None:  # aligned crops keep a residual roll; black beyond the frame
             for j, i in enumerate(idx):
                 if present[i] and roll[i]:
                     img = Image.fromarray(np.clip(crops[j], 0, 255).astype(np.uint8))
                     crops[j] = np.asarray(img.rotate(float(roll[i]), Image.BILINEAR), np.float32)
+        if wild and "light_x" in pose:  # light that moves over the face, and the camera's exposure
+            ramp = (np.arange(S, dtype=np.float32) - S / 2) / S
+            lit = (1 + pose["light_x"][idx][:, None, None] * ramp[None, None, :]
+                   + pose["light_y"][idx][:, None, None] * ramp[None, :, None]) * pose["gain"][idx][:, None, None]
+            crops *= lit[..., None]
         crops *= shade * gain[idx][:, None, None, None]
         crops += noise[pick[idx]]
         out[idx] = np.clip(crops, 0, 255).astype(np.uint8)
@@ -243,7 +300,21 @@ None) how far the head is rotated in the crop under "curve". Deterministic for a
     return out
 
 
-def _curve_mouth_and_eyes(win, shown, uw, ww, v, opening, lips) -> None:
+def _affine(crop: np.ndarray, roll: float, scale: float, tx: float, ty: float) -> np.ndarray:
+    """``crop`` rotated by ``roll`` degrees and scaled by ``scale`` about its centre, then moved by
+    (tx, ty) pixels; black where nothing maps (as in aligned crops of a face near the frame's edge)."""
+    S = crop.shape[0]
+    a = np.deg2rad(roll)
+    # PIL maps output pixels to input ones: the inverse of rotate-scale-translate about the centre.
+    c, s_ = np.cos(a) / scale, np.sin(a) / scale
+    cx = cy = S / 2
+    ox, oy = cx + tx, cy + ty
+    coeffs = (c, s_, cx - c * ox - s_ * oy, -s_, c, cy + s_ * ox - c * oy)
+    img = Image.fromarray(np.clip(crop, 0, 255).astype(np.uint8))
+    return np.asarray(img.transform((S, S), Image.AFFINE, coeffs, Image.BILINEAR), np.float32)
+
+
+def _curve_mouth_and_eyes(win, shown, uw, ww, v, opening, lips, blink=None) -> None:
     """Draw the "curve" mouth and eyes into ``win`` (frames x window rows x cols x 3) in place.
 
     Every mark keeps its pixel count whatever the valence, so only geometry follows it: the mouth's
@@ -258,7 +329,9 @@ def _curve_mouth_and_eyes(win, shown, uw, ww, v, opening, lips) -> None:
     win[inside & (np.abs(ww - wc) < half)] = GAP
     win[inside & (np.abs(np.abs(ww - wc) - half - 0.035) < 0.035)] = lips
     s = 1 + EYE_SQUINT * v
-    eye = ((np.abs(uw) - 0.34) / (0.11 * s)) ** 2 + ((ww + 0.18) / (0.11 / s)) ** 2 < 1
+    # Shut eyes (``blink``) are a thin line whatever the valence.
+    shut = 1.0 if blink is None else np.where(np.asarray(blink)[:, None, None] > 0, 0.2, 1.0)
+    eye = ((np.abs(uw) - 0.34) / (0.11 * s)) ** 2 + ((ww + 0.18) / (0.11 / s * shut)) ** 2 < 1
     win[shown & eye] = EYE
 
 
