@@ -162,7 +162,7 @@ def test_features_are_standardised_per_subject(fake):
     from abaw.training.inference import model_inputs
 
     cfg, table = fake
-    assert cfg.train.feature_norm == "subject"
+    assert cfg.train.feature_norm == "auto" and not cfg.features.visual.finetuned  # frozen: "subject"
     raw = SubjectSource(with_overrides(cfg, ["train.feature_norm=none"]), table=table).open(["v04"])[0]
     std = SubjectSource(cfg, table=table).open(["v04"])[0]
     assert raw.norm is None
@@ -178,6 +178,32 @@ def test_features_are_standardised_per_subject(fake):
             got = model_inputs(batch)[0 if kind == "audio" else 1][0].numpy()
             expect = (raw.read(48, 112)[kind].astype(np.float32) - mean) / scale
             np.testing.assert_allclose(got, expect, atol=1e-5)
+
+
+def test_one_modality_can_skip_the_per_subject_standardisation(fake):
+    """train.feature_norm=audio (what "auto" means for fine-tuned visual features: a video's mean
+    feature carries its mean valence) leaves the visual features as cached while audio is still z-scored
+    per subject; the setting is part of the run identity."""
+    from abaw.training.datamodule import WindowDataset, make_windows
+    from abaw.training.inference import model_inputs
+    from abaw.training.runs import identity_hash
+
+    cfg, table = fake
+    from abaw.training.config import standardised_kinds
+
+    mixed_cfg = with_overrides(cfg, ["train.feature_norm=audio"])
+    assert standardised_kinds(mixed_cfg) == ("audio",) and standardised_kinds(cfg) == ("audio", "visual")
+    assert standardised_kinds(with_overrides(cfg, ["features.visual.finetuned=faces"])) == ("audio",)
+    raw = SubjectSource(with_overrides(cfg, ["train.feature_norm=none"]), table=table).open(["v04"])[0]
+    mixed = SubjectSource(mixed_cfg, table=table).open(["v04"])[0]
+    audio, visual = model_inputs(WindowDataset([mixed], make_windows([mixed], 0, 0)).__getitems__([0]))
+    n = raw.n_frames
+    np.testing.assert_array_equal(visual[0].numpy(), raw.read(0, n)["visual"].astype(np.float32))
+    np.testing.assert_allclose(audio[0].double().numpy().std(0), 1, atol=1e-4)
+    dirs = {"audio": "a", "visual": "v"}
+    assert identity_hash(mixed_cfg, dirs) != identity_hash(cfg, dirs)
+    with pytest.raises(ValueError, match="feature_norm"):
+        with_overrides(cfg, ["train.feature_norm=visual-only"])
 
 
 def test_shuffled_labels_are_a_derangement(fake):

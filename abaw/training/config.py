@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEDULERS = ("cosine", "none")
-FEATURE_NORMS = ("subject", "none")
+FEATURE_NORMS = ("auto", "subject", "none", "audio")
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "64-true")
 
 
@@ -25,7 +25,11 @@ class TrainConfig:
     min_lr_ratio: float = 0.01
     grad_clip: float = 1.0  # max global gradient norm; 0 = off
     loss_mse: float = 0.0  # weight of MSE mixed into 1 - CCC
-    feature_norm: str = "subject"  # subject: z-score every feature dim over each video's frames | none
+    # subject: z-score every feature dim over each video's frames | none | audio: the audio only | auto:
+    # "audio" when the visual features are fine-tuned (features.visual.finetuned), else "subject". A
+    # fine-tuned backbone was trained to map a face to valence and arousal, so a video's mean visual feature
+    # is its mean emotion, which z-scoring would remove; frozen features carry identity there instead.
+    feature_norm: str = "auto"
     mask_missing_face: bool = False  # also drop frames without a face crop from loss/metric
     folds: int = 0  # 0 = official train/validation split; K>1 = K folds over train+val by source video
     fold: int = 0
@@ -93,3 +97,12 @@ class TrainConfig:
         if self.eval_window:
             return max(1, round(self.eval_window * self.hop / self.window))
         return self.hop
+
+
+def standardised_kinds(cfg) -> tuple[str, ...]:
+    """The modalities z-scored per video under ``train.feature_norm`` (``auto`` resolved from whether the
+    visual features are fine-tuned)."""
+    norm = cfg.train.feature_norm
+    if norm == "auto":
+        norm = "audio" if cfg.features.visual.finetuned else "subject"
+    return {"subject": ("audio", "visual"), "audio": ("audio",), "none": ()}[norm]

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from abaw.errors import AbawError
+from abaw.training.config import standardised_kinds
 from abaw.training.folds import Split, make_split
 from abaw.training.store import (
     SubjectData,
@@ -226,7 +227,7 @@ class SubjectSource:
         self.table = table
         self.audio_cache, self.visual_cache = audio_cache, visual_cache
         self.audio_shift_s = cfg.train.audio_shift_s if audio_shift_s is None else audio_shift_s
-        self.feature_norm = cfg.train.feature_norm
+        self.standardised = standardised_kinds(cfg)
         self.rows = {r["subject"]: r for r in table.iter_rows(named=True)}
 
     def feature_dirs(self) -> dict[str, str]:
@@ -261,8 +262,8 @@ class SubjectSource:
                     raise ValueError(f"train.audio_shift_s needs frame_times for {name!r} in the index "
                                      f"(got {None if times is None else len(times)} for {s.n_frames} frames)")
                 s.audio_index = shift_index(np.asarray(times), self.audio_shift_s)
-            if self.feature_norm == "subject":
-                s.standardise()
+            if self.standardised:
+                s.standardise(self.standardised)
             out.append(s)
         return out
 

@@ -120,16 +120,21 @@ class SubjectData:
     # Per-subject standardisation (train.feature_norm=subject): {"audio"|"visual": (mean[D], scale[D])}.
     norm: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
-    def standardise(self) -> None:
+    def standardise(self, kinds: tuple[str, ...] = ("audio", "visual")) -> None:
         """Standardise each feature dimension over this subject's frames (z-score per video).
 
         The backbone features of one face carry its identity (skin tone, lighting) as a large constant
         offset; with a few dozen training subjects a network learns those offsets instead of the
         expression. Per-video statistics use only the video's own features (no labels), so the same is
         done to validation and test subjects. Scales are floored at a tenth of the median scale, so a
-        nearly constant dimension is not blown up into noise."""
+        nearly constant dimension is not blown up into noise. A modality not in ``kinds`` passes through
+        unchanged (mean 0, scale 1)."""
         self.norm = {}
         for kind, reader in (("audio", self.audio), ("visual", self.visual)):
+            if kind not in kinds:
+                dim = reader.shape[1]
+                self.norm[kind] = (np.zeros(dim, np.float32), np.ones(dim, np.float32))
+                continue
             mean, std = reader.moments()
             floor = 0.1 * float(np.median(std)) if std.size else 0.0
             scale = np.maximum(std, max(floor, 1e-6))
