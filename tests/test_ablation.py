@@ -56,14 +56,19 @@ def test_levels_are_releases_of_the_same_seed(synth_cfg):
         ablation.level_config(synth_cfg, "huge")
 
 
-def test_cell_names_follow_the_config(synth_cfg):
+def test_cell_names_follow_the_run_identity(synth_features_cfg):
+    """Cells are named by what changes training: another seed or lr is another cell; a setting that does
+    not reach training (tuning, the fine-tuning of features the cell does not read) is the same cell."""
+    cfg = synth_features_cfg
     v = ablation.parse_variant("rjca")
-    a = ablation.cell_config(synth_cfg, v, 0)
+    a = ablation.cell_config(cfg, v, 0)
     assert a.train.name.startswith("ablate-rjca-s0-") and a.seed == 0 and a.model.variant == "rjca"
-    assert ablation.cell_config(synth_cfg, v, 0).train.name == a.train.name
-    assert ablation.cell_config(synth_cfg, v, 1).train.name != a.train.name
-    other = ablation.cell_config(synth_cfg, ablation.parse_variant("rjca=rjca,train.lr=1e-3"), 0)
+    assert ablation.cell_config(cfg, v, 0).train.name == a.train.name
+    assert ablation.cell_config(cfg, v, 1).train.name != a.train.name
+    other = ablation.cell_config(cfg, ablation.parse_variant("rjca=rjca,train.lr=1e-3"), 0)
     assert other.train.name != a.train.name
+    unrelated = with_overrides(cfg, ["tune.n_trials=99", "finetune.samples_per_epoch=123"])
+    assert ablation.cell_config(unrelated, v, 0).train.name == a.train.name
 
 
 def test_ablation_table_and_cached_rerun(synth_features_cfg, tmp_path, monkeypatch):
@@ -85,11 +90,13 @@ def test_ablation_table_and_cached_rerun(synth_features_cfg, tmp_path, monkeypat
         summary = json.loads((runs / name / "summary.json").read_text())
         assert ("visual/iter/attended" in summary["gates"]) == name.startswith("ablate-grjca_hier")
 
-    # A second call trains nothing and scores nothing again: it only reads what the first one left.
+    # A second call trains nothing and scores nothing again: train() returns the finished runs as they
+    # are, and the test scores are read back.
     def boom(*a, **k):
         raise AssertionError("a cached cell was recomputed")
 
-    monkeypatch.setattr("abaw.training.train.train", boom)
+    monkeypatch.setattr("abaw.training.train.build_trainer", boom)
+    monkeypatch.setattr("abaw.training.train.FusionDataModule", boom)
     monkeypatch.setattr("abaw.submit.predict.load_run", boom)
     again = ablation.run_ablation(cfg, ["concat", "grjca_hier"], [0, 1], ["release"], out, reference="concat")
     assert_frame_equal(pl.read_csv(again["results"]), rows, check_column_order=False)

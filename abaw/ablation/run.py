@@ -119,34 +119,31 @@ def prepare_level(cfg: Config, generate_release: bool) -> None:
 
 
 def cell_config(level_cfg: Config, variant: Variant, seed: int) -> Config:
-    """One cell's run config, named ``ablate-<label>-s<seed>-<digest>`` (the digest covers the whole
-    config, so changed settings make a new run instead of reusing an old one)."""
+    """One cell's run config, named ``ablate-<label>-s<seed>-<run identity>``: the run identity covers
+    what changes training (model, train settings, seed, the feature caches and the data they were made
+    from; ``abaw.training.runs``), so changed settings make a new run and unrelated ones (tuning, the
+    fine-tuning of features the cell does not read) reuse it. Needs the level's features (prepared)."""
+    from abaw.training.runs import feature_dirs, identity_hash
+
     cfg = with_overrides(level_cfg, [*variant.overrides, f"model.variant={variant.variant}", f"seed={seed}",
                                      "train.name="])
-    return with_overrides(cfg, [f"train.name=ablate-{variant.label}-s{seed}-{stable_hash(cfg, 8)}"])
+    ident = identity_hash(cfg, feature_dirs(cfg))
+    return with_overrides(cfg, [f"train.name=ablate-{variant.label}-s{seed}-{ident}"])
 
 
 def finished_cell(cfg: Config) -> dict | None:
-    """The summary.json of a finished cell of this exact config, else None (``--cached-only``)."""
-    from abaw.training.train import run_dir
+    """The summary.json of a finished cell of this identity, else None (``--cached-only``)."""
+    from abaw.training.runs import feature_dirs, identity_hash
+    from abaw.training.train import completed_run, run_dir
 
-    summary = run_dir(cfg) / "summary.json"
-    if summary.is_file():
-        data = json.loads(summary.read_text())
-        if data.get("config_hash") == stable_hash(cfg):
-            return data
-    return None
+    return completed_run(run_dir(cfg), identity_hash(cfg, feature_dirs(cfg)))
 
 
 def train_cell(cfg: Config) -> dict:
-    """Train one cell, or reuse it, so a rerun only fills what is missing. A finished cell is read back
-    without touching training at all; ``train(cfg)`` would also return a finished run of the same
-    identity (runs are named by what changes them) and resumes a killed one."""
+    """Train one cell; ``train(cfg)`` returns a finished run of the same identity untrained (and resumes a
+    killed one), so a rerun only fills what is missing."""
     from abaw.training.train import run_dir, train
 
-    done = finished_cell(cfg)
-    if done is not None:
-        return done
     train(cfg)
     return json.loads((run_dir(cfg) / "summary.json").read_text())
 
@@ -155,10 +152,13 @@ def score_test(cfg: Config, run: Path) -> dict:
     """Hidden-test P_VA (raw and with the run's post-processing, clipped as a submission is) and the
     test-set gate diagnostics; cached in the run folder."""
     path = run / TEST_FILE
-    cfg_hash = stable_hash(cfg)
+    # Keyed by the run it scores (its identity and best checkpoint) and the test settings it reads.
+    key = stable_hash({"run": json.loads((run / "identity.json").read_text()).get("hash"),
+                       "best": (run / "best.ckpt").stat().st_mtime_ns,
+                       "eval": [cfg.train.eval_window_size, cfg.train.eval_hop_size, cfg.train.batch_size]})
     if path.is_file():
         data = json.loads(path.read_text())
-        if data.get("config_hash") == cfg_hash:
+        if data.get("config_hash") == key:
             return data
     from abaw.data.annotations import read_annotations
     from abaw.metrics import PostprocessChoice, p_va
@@ -170,7 +170,7 @@ def score_test(cfg: Config, run: Path) -> dict:
     truth = cfg.data_root / "ground_truth" / "Test_Set"
     source = SubjectSource(cfg)
     names = [s for s in source.subjects_of_split("test") if (truth / f"{s}.txt").is_file()]
-    result: dict = {"config_hash": cfg_hash, "n_subjects": len(names)}
+    result: dict = {"config_hash": key, "n_subjects": len(names)}
     if not names:
         result.update(p_va=float("nan"), p_va_post=float("nan"), gates={})
     else:

@@ -152,7 +152,7 @@ def _feature_info(dirs: dict[str, str]) -> dict:
     return info
 
 
-def _completed(out: Path, ident: str) -> dict | None:
+def completed_run(out: Path, ident: str) -> dict | None:
     """The summary of a finished run of this identity, if there is one."""
     summary = out / "summary.json"
     if not (summary.is_file() and (out / "best.ckpt").is_file()):
@@ -216,7 +216,7 @@ def train(cfg: Config, *, datamodule: FusionDataModule | None = None, model: tor
     dirs = datamodule.source.feature_dirs() if datamodule is not None else feature_dirs(cfg)
     out = run_dir(cfg, dirs)
     ident = check_folder(out, cfg, dirs)
-    if (done := _completed(out, ident)) is not None:
+    if (done := completed_run(out, ident)) is not None:
         log.info("run %s is complete for this config; not retraining", out)
         return done["metrics"], _artifact_paths(out)
 
