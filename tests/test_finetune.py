@@ -361,5 +361,5 @@ def test_shipped_configs_ask_for_finetuning():
     assert real.features.visual.finetuned and real.features.visual.pretrained
     assert real.features.visual.preset in VISUAL_PRESETS and "mae" in real.features.visual.preset
     demo = load_config("configs/demo.yaml")
-    assert demo.features.visual.finetuned == "demo" and demo.synth.face_cues == "curve"
+    assert demo.features.visual.finetuned == "demo" and demo.synth.face_cues == "wild"
     assert demo.features.visual.allow_random and not demo.features.visual.pretrained
