@@ -6,7 +6,9 @@ written by the synthetic generator.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 
 import pytest
 
@@ -14,6 +16,41 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.dirname(__file__), "..", "cache", ".numba"))
+
+def _loopback(address) -> bool:
+    host = address[0] if isinstance(address, tuple) else address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: resolving it already needs the network
+        return False
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_network():
+    """The suite must not reach the network (weights hubs, downloads): an internet connection from this
+    process fails the test that made it, naming the address. Loopback (DDP's gloo, local servers) and
+    Unix sockets (the PostgreSQL fixture) stay allowed."""
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address):
+            raise OSError(f"a test tried to reach the network ({address!r}); tests must stay hermetic")
+
+    def connect(sock, address):
+        check(sock, address)
+        return real_connect(sock, address)
+
+    def connect_ex(sock, address):
+        check(sock, address)
+        return real_connect_ex(sock, address)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", connect)
+        mp.setattr(socket.socket, "connect_ex", connect_ex)
+        yield
+
 
 TINY_SCALE = 0.25  # a handful of short subjects; every planted trap is still present
 
