@@ -185,9 +185,16 @@ def _in_shard(names: list[str], shard: tuple[int, int] | None) -> set[str]:
 
 
 def crop_presence(crop_dir: Path | None, n_frames: int) -> tuple[np.ndarray, int]:
-    """(bool [n_frames]: which frames have a crop file, count of misnamed crop files that are not read)."""
-    _, present, misnamed = visual_inputs(crop_dir, n_frames)
-    return present, misnamed
+    """(bool [n_frames]: which frames have a crop file, count of misnamed crop files that are not read);
+    the same listing as ``visual_inputs``, without the per-file stat its identity needs."""
+    from abaw.data.crops import list_crops
+
+    present = np.zeros(n_frames, bool)
+    if crop_dir is None or not crop_dir.is_dir():
+        return present, 0
+    listing = list_crops(crop_dir, header=False)
+    present[listing.frames[listing.frames < n_frames]] = True
+    return present, listing.misnamed
 
 
 def _plan(kind: str, cache: FeatureCache, table, job: Job) -> tuple[np.ndarray, int] | None:

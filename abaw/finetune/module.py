@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from abaw.metrics.loss import ccc_loss
-from abaw.training.module import lr_lambda, masked_mse
+from abaw.training.module import masked_mse, step_schedule
 
 
 class FinetuneNet(nn.Module):
@@ -162,11 +162,8 @@ class FinetuneModule(pl.LightningModule):
         ft = self.ft
         opt = torch.optim.AdamW(self.param_groups(), lr=ft.lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        warmup = ft.warmup_epochs * per_epoch
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: lr_lambda(step, total, warmup, "cosine", ft.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": step_schedule(
+            opt, total, self.trainer.max_epochs or 1, ft.warmup_epochs, "cosine", ft.min_lr_ratio)}
 
     # ---- state that must survive a resume ------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

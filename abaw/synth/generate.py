@@ -204,7 +204,8 @@ def _make_video(plan: VideoPlan, root: str, face_cues: str = "shape+colour") -> 
                 val = person.emotion.valence(times[b0:b1])
                 faces = media.render_faces(
                     person.appearance, val, presents[k][b0:b1], modes[k][b0:b1], rng, face_cues,
-                    media.mouth_opening(person.seed, times[b0:b1]), media.head_roll(person.seed, times[b0:b1]),
+                    media.mouth_opening(person.seed, times[b0:b1]),
+                    media.head_roll(person.seed, times[b0:b1]) if face_cues == "curve" else None,
                     media.pose_track(person.seed, times[b0:b1]) if face_cues == "wild" else None,
                 )
                 x, y = slots[k]

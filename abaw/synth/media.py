@@ -209,7 +209,7 @@ def render_faces(
     shows valence. ``opening`` (head radii per frame, e.g. ``mouth_opening``; closed when None) is how
     far the mouth is open under "curve", ``roll`` (degrees per frame, e.g. ``head_roll``; upright when
 None) how far the head is rotated in the crop under "curve"; ``pose`` (``pose_track``) moves the head,
-the light and the eyelids under "wild" (still when None). Deterministic for a given ``rng`` state.
+the light and the eyelids under "wild" (required there). Deterministic for a given ``rng`` state.
 
     Head and hair (and eyes, except under "curve") are a static canvas; brows and mouth are drawn per
     frame (in the window that holds them), then each frame is cut from the canvas at its own small
@@ -221,7 +221,7 @@ the light and the eyelids under "wild" (still when None). Deterministic for a gi
     curve = face_cues in ("curve", "wild")  # "wild" draws the "curve" face, smaller, under ``pose``
     cue = WILD_CUE if wild else 1.0
     if wild and pose is None:
-        pose = {"yaw": np.zeros(n, np.float32)}
+        raise ValueError("face_cues='wild' needs the per-frame pose (pose_track)")
     if opening is None:
         opening = np.zeros(n, np.float32)
     bg, face, u, w, skin = _canvas(app, eyes=not curve)
@@ -257,7 +257,7 @@ the light and the eyelids under "wild" (still when None). Deterministic for a gi
         brow_w = -0.45 - 0.10 * cue * v + (CURVE_BROW if curve else 0.6) * cue * v * (afu - 0.35)
         win[shown & (afu > 0.14) & (afu < 0.56) & (np.abs(ww - brow_w) < 0.06)] = (35, 25, 20)
         if curve:
-            blink = pose["blink"][idx] if wild and "blink" in pose else None
+            blink = pose["blink"][idx] if wild else None
             _curve_mouth_and_eyes(win, shown, fu, ww, cue * v, opening[idx], app.lips, blink)
         else:
             # Mouth: ~R wide (over a third of the crop); the corners rise and the centre drops with
@@ -278,7 +278,7 @@ the light and the eyelids under "wild" (still when None). Deterministic for a gi
                 for j, i in enumerate(idx)
             ]
         )
-        if wild and "roll" in pose:  # residual roll, scale and drift of the alignment; black beyond
+        if wild:  # residual roll, scale and drift of the alignment; black beyond
             for j, i in enumerate(idx):
                 if present[i]:
                     crops[j] = _affine(crops[j], pose["roll"][i], pose["scale"][i], pose["tx"][i], pose["ty"][i])
@@ -287,7 +287,7 @@ the light and the eyelids under "wild" (still when None). Deterministic for a gi
                 if present[i] and roll[i]:
                     img = Image.fromarray(np.clip(crops[j], 0, 255).astype(np.uint8))
                     crops[j] = np.asarray(img.rotate(float(roll[i]), Image.BILINEAR), np.float32)
-        if wild and "light_x" in pose:  # light that moves over the face, and the camera's exposure
+        if wild:  # light that moves over the face, and the camera's exposure
             ramp = (np.arange(S, dtype=np.float32) - S / 2) / S
             lit = (1 + pose["light_x"][idx][:, None, None] * ramp[None, None, :]
                    + pose["light_y"][idx][:, None, None] * ramp[None, :, None]) * pose["gain"][idx][:, None, None]

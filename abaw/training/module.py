@@ -35,6 +35,16 @@ def lr_lambda(step: int, total: int, warmup: float, scheduler: str, min_ratio: f
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def step_schedule(opt: torch.optim.Optimizer, total: int, epochs: int, warmup_epochs: float, scheduler: str,
+                  min_ratio: float) -> dict:
+    """Lightning's ``lr_scheduler`` entry for ``lr_lambda``, stepped per optimiser step: ``total`` steps
+    over ``epochs`` epochs, of which ``warmup_epochs`` (fractions allowed) warm up."""
+    warmup = warmup_epochs * (total / max(1, epochs))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_lambda(step, total, warmup, scheduler, min_ratio))
+    return {"scheduler": sched, "interval": "step"}
+
+
 class FusionModule(pl.LightningModule):
     def __init__(self, train_cfg: dict, model_cfg: dict, in_audio: int, in_visual: int,
                  model: nn.Module | None = None):
@@ -181,12 +191,9 @@ class FusionModule(pl.LightningModule):
             total = max(1, dm.steps_per_epoch() * int(self.trainer.max_epochs or 1))
         else:
             total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = total / max(1, self.trainer.max_epochs or 1)
-        warmup = self.tc.warmup_epochs * per_epoch
         tc = self.tc
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: lr_lambda(step, total, warmup, tc.scheduler, tc.min_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": step_schedule(
+            opt, total, self.trainer.max_epochs or 1, tc.warmup_epochs, tc.scheduler, tc.min_lr_ratio)}
 
     # ---- state that must survive a resume ------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -27,12 +27,6 @@ def write_csv(df: pl.DataFrame, path: Path) -> Path:
     return path
 
 
-def write_history(history: Sequence[dict], path: Path) -> Path:
-    """metrics.csv: one row per validation epoch (columns may appear later, e.g. gates)."""
-    df = pl.from_dicts(list(history), infer_schema_length=None) if history else pl.DataFrame()
-    return write_csv(df, path)
-
-
 def validation_curve(run: Path, monitor: str = "val/p_va") -> list[tuple[int, float]]:
     """(epoch, value) of every validation epoch a finished run logged to its metrics.csv (CSVLogger rows
     without the monitor, e.g. training steps, are skipped); [] when there is no such file or column."""

@@ -25,6 +25,7 @@ from abaw.config import Config, save_config, stable_hash, to_dict
 from abaw.errors import AbawError
 from abaw.training.callbacks import EpochLine, ReseedEachStep, SessionLimit, loggers
 from abaw.training.datamodule import FusionDataModule
+from abaw.training.folds import Split
 from abaw.training.inference import predict_windows
 from abaw.training.module import FusionModule
 from abaw.training.report import (
@@ -189,7 +190,7 @@ def check_finetuning_split(cfg: Config, split) -> None:
     if not record.is_file():
         raise FinetuneLeakError(f"{folder}: no split.json, so which subjects it trained on is unknown; "
                                 "run `abaw finetune` with this config")
-    seen = set(json.loads(record.read_text())["train"]) & set(split.val)
+    seen = set(Split.load(record).train) & set(split.val)
     if seen:
         raise FinetuneLeakError(
             f"features.visual.finetuned={cfg.features.visual.finetuned!r} was fine-tuned on {len(seen)} of "

@@ -42,7 +42,7 @@ def journal_path(url: str) -> Path | None:
     file URL), ``journal:rel.log`` and a bare ``*.log`` are relative to the working directory."""
     if url.startswith("journal:"):
         rest = url.removeprefix("journal:")
-        return Path(rest.removeprefix("//") if rest.startswith("//") else rest)
+        return Path(rest.removeprefix("//"))
     return Path(url) if url.endswith(".log") and "://" not in url else None
 
 
