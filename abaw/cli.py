@@ -50,8 +50,19 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
         if word == "--":
             args += argv[i:]
             break
-        (overrides if _OVERRIDE.match(word) else args).append(word)
+        (overrides if _is_override(word) else args).append(word)
     return args, overrides
+
+
+def _is_override(word: str) -> bool:
+    """``key.sub=value`` whose first key is a config section or field; anything else with an ``=`` (an
+    ablation variant ``paper=grjca_hier,model.gate_tau=0.1``) is an argument."""
+    import dataclasses
+
+    from abaw.config import Config
+
+    return bool(_OVERRIDE.match(word)) and word.split("=", 1)[0].split(".", 1)[0] in {
+        f.name for f in dataclasses.fields(Config)}
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -97,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--name", default=None, help="output folder name under <cache>/ablation/")
     pa.add_argument("--out", default=None, help="output folder (overrides --name)")
     pa.add_argument("--cached-only", action="store_true", help="tabulate the finished cells only, train nothing")
+    pa.add_argument("--workers", type=int, default=1, help="cells trained at once, in processes sharing the cores")
 
     for name in ("predict", "submit"):
         ps[name].add_argument("--runs", nargs="+", default=None, help="run folders to ensemble")

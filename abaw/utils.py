@@ -116,3 +116,24 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     return __version__
+
+
+def start_worker_process(n_threads: int) -> None:
+    """Set up a spawned worker process: ``n_threads`` torch threads (its share of the cores: workers
+    that each took every core would oversubscribe the machine), and exit if its parent dies (a killed
+    ``abaw tune`` or ``abaw ablate`` must not leave workers training on; their work is resumed or
+    redone on the next start)."""
+    import threading
+    import time
+
+    import torch
+
+    parent = os.getppid()
+
+    def exit_with_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+    torch.set_num_threads(max(1, n_threads))

@@ -106,6 +106,23 @@ def test_ablation_table_and_cached_rerun(synth_features_cfg, tmp_path, monkeypat
     assert pl.read_csv(part["results"])["seed"].to_list() == [0, 0]
 
 
+def test_cells_trained_by_worker_processes_are_the_cells_a_single_process_reuses(synth_features_cfg, tmp_path,
+                                                                                monkeypatch):
+    cfg = synth_features_cfg
+    paths = ablation.run_ablation(cfg, ["concat"], [5, 6], ["release"], tmp_path / "w2", reference="concat",
+                                  workers=2)
+    rows = pl.read_csv(paths["results"])
+    assert rows["seed"].to_list() == [5, 6] and np.isfinite(rows["test_p_va"].to_numpy()).all()
+    assert json.loads(paths["timing"].read_text())["workers"] == 2
+
+    def boom(*a, **k):
+        raise AssertionError("a cell trained by a worker was trained again")
+
+    monkeypatch.setattr("abaw.training.train.build_trainer", boom)
+    again = ablation.run_ablation(cfg, ["concat"], [5, 6], ["release"], tmp_path / "w1", reference="concat")
+    assert_frame_equal(pl.read_csv(again["results"]), rows, check_column_order=False)
+
+
 @pytest.mark.parametrize("finetuned, tunes", [("", False), ("faces", True), ("/elsewhere/faces", False)])
 def test_a_level_is_fine_tuned_when_the_config_asks(synth_cfg, monkeypatch, finetuned, tunes):
     """`make ablate` runs with the demo config, which asks for fine-tuned features: each generated level

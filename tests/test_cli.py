@@ -113,6 +113,14 @@ def test_urls_and_paths_are_not_overrides():
     assert args.storage == "postgresql://u@h/db?sslmode=require" and args.overrides == ["tune.study=x"]
 
 
+def test_labelled_ablation_variants_are_arguments_not_overrides():
+    """``label=variant,key=value`` has an ``=`` but names no config key: it must reach --variants."""
+    args = cli.parse_args(["ablate", "--variants", "paper=grjca_hier,model.gate_tau=0.1", "rjca",
+                           "train.max_epochs=3", "seed=2"])
+    assert args.variants == ["paper=grjca_hier,model.gate_tau=0.1", "rjca"]
+    assert args.overrides == ["train.max_epochs=3", "seed=2"]
+
+
 def test_train_without_features_is_one_line_and_exit_2(synth_release, tmp_path, capsys):
     rc = cli.main(["train", "-c", "configs/test.yaml", "--data", str(synth_release),
                    f"cache_root={tmp_path / 'empty-cache'}"])

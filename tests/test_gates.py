@@ -135,3 +135,26 @@ def test_a_single_iteration_model_has_no_stage_gate_to_diagnose():
     d = gate_diagnostics(gates)
     assert set(d) == {"visual/iter"}
     assert headline(d)["visual/iter/attended"] == pytest.approx(0.7)
+
+
+def test_gate_report_splits_the_visual_gates_by_crop_presence():
+    """Beside the degradation split, the visual gates are split by the face-crop mask alone."""
+    from abaw.training.inference import GATE_PREFIX
+    from abaw.training.report import gate_report
+    from abaw.training.windows import Stitcher
+
+    n = 12
+    att = np.full((n, 2), 0.8)
+    att[:3] = 0.2  # frames 0..2: no crop
+    no_crop = np.zeros(n, bool)
+    no_crop[:3] = True
+    st = Stitcher()
+    st.add("s", 0, n, {"pred": np.zeros((n, 2)), GATE_PREFIX + "visual/iter": _iter_gate(att),
+                       GATE_PREFIX + "audio/iter": _iter_gate(np.full((n, 2), 0.5))},
+           {"gold": np.zeros((n, 2)), "mask": np.ones(n, bool)})
+    degraded = {"s": {"visual": np.zeros(n, bool), "audio": np.zeros(n, bool)}}
+    h = gate_report(st, ["s"], degraded, "test", no_crop={"s": no_crop})["headline"]
+    assert h["visual/iter/shift_nocrop"] == pytest.approx(-0.6)
+    assert h["visual/iter/nocrop"] == pytest.approx(0.2) and h["visual/iter/crop"] == pytest.approx(0.8)
+    assert "audio/iter/shift_nocrop" not in h
+    assert "visual/iter/shift_nocrop" not in gate_report(st, ["s"], degraded, "test")["headline"]

@@ -382,3 +382,69 @@ def test_xformer_survives_a_row_without_frames():
     mask[1] = False
     out = model(*inputs(2, 16), mask)
     assert torch.isfinite(out.pred).all()
+
+
+# ---- face presence (model.face_presence) ----------------------------------------------------------
+@pytest.mark.parametrize("variant", [v for v in ALL if v != "audio"])
+def test_face_presence_is_required_and_reaches_the_prediction(variant):
+    model = make(variant, face_presence="both").eval()
+    audio, visual = inputs(2, 40)
+    with pytest.raises(ValueError, match="face_presence.*face"):
+        model(audio, visual)
+    face = torch.ones(2, 40, dtype=torch.bool)
+    missing = face.clone()
+    missing[:, 10:20] = False
+    with torch.no_grad():
+        seen, blind = model(audio, visual, face=face), model(audio, visual, face=missing)
+    # Identical features, only the flag differs: the model must tell a fill from a real frame.
+    assert not torch.allclose(seen.pred[:, 10:20], blind.pred[:, 10:20])
+    with pytest.raises(ValueError, match=r"face: expected shape \[B=2, L=40\]"):
+        model(audio, visual, face=face[:, :39])
+
+
+def test_audio_only_model_takes_no_face_channel():
+    model = make("audio", face_presence="both")
+    assert not model.face_presence
+    model(*inputs(1, 20))  # no face needed
+
+
+@pytest.mark.parametrize("variant", list(GATED))
+def test_gates_start_blind_to_the_face_flag_and_learn_to_use_it(variant):
+    """Zero-initialised reliability weights: the flag changes no gate at the start; after a few steps
+    of a loss that rewards the attended branch only on face-missing frames, the visual gate's attended
+    weight differs between missing and present frames."""
+    model = make(variant, jitter=False, face_presence="both")
+    audio, visual = inputs(2, 40)
+    face = torch.ones(2, 40, dtype=torch.bool)
+    face[:, ::3] = False
+    g0 = model(audio, visual, face=face).gates["visual/iter"].detach()
+    torch.testing.assert_close(g0, torch.full_like(g0, 0.5))  # present or missing: an even mix
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(30):
+        g = model(audio, visual, face=face).gates["visual/iter"][..., -1]  # attended weight [B, L, T]
+        loss = (g[face] - 0.2).pow(2).mean() + (g[~face] - 0.8).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    g = model(audio, visual, face=face).gates["visual/iter"][..., -1].detach()
+    assert float(g[~face].mean() - g[face].mean()) > 0.3
+
+
+def test_paper_mode_model_states_its_length_floor():
+    assert make("grjca_hier", paper_mode=True, paper_length=32).min_length == 32
+    assert make("grjca_hier").min_length == 0
+    assert make("concat", paper_mode=True, paper_length=32).min_length == 0
+
+
+@pytest.mark.parametrize("variant", [v for v in ALL if v != "audio"])
+@pytest.mark.parametrize("where", ["none", "encoder", "gates", "both"])
+def test_the_face_flag_goes_where_configured(variant, where):
+    model = make(variant, jitter=False, face_presence=where)
+    gated = variant in GATED
+    to_gates = gated and where in ("gates", "both")
+    # Variants without gates take it in the encoder when asked for the gates: it is never dropped.
+    to_encoder = where in ("encoder", "both") or (where == "gates" and not gated)
+    assert model.encoders["visual"].project.extra == int(to_encoder)
+    if gated:
+        assert {g.reliability.extra for layer in model.fusion.gates for g in layer.values()} == {int(to_gates)}
+    assert model.face_presence == (where != "none")

@@ -238,11 +238,12 @@ def test_cache_that_does_not_match_the_frame_axis_is_named(fake):
 
 def test_collate_pads_to_the_longest_window():
     items = [{"audio": np.ones((n, 2), np.float32), "visual": np.ones((n, 3), np.float32),
-              "gold": np.zeros((n, 2), np.float32), "mask": np.ones(n, bool), "subject": f"s{n}",
-              "start": 0, "n_frames": n} for n in (5, 9)]
+              "gold": np.zeros((n, 2), np.float32), "mask": np.ones(n, bool), "face": np.arange(n) % 2 == 0,
+              "subject": f"s{n}", "start": 0, "n_frames": n} for n in (5, 9)]
     b = collate_windows(items)
     assert b["audio"].shape == (2, 9, 2)
     assert b["pad"].sum(1).tolist() == [5, 9] and b["mask"].sum(1).tolist() == [5, 9]
+    assert b["face"].sum(1).tolist() == [3, 5] and not b["face"][0, 5:].any()  # padding has no face
 
 
 # ---- the Lightning loop ------------------------------------------------------------------------------
@@ -594,3 +595,50 @@ def test_run_identity_follows_the_data_it_was_trained_on(tmp_path):
     label.write_text("valence,arousal\n0.3,0.2\n")  # the label file corrected
     os.utime(label, ns=(1, 1))
     assert identity_hash(cfg, dirs) != second
+
+
+def test_gate_parameters_get_their_own_learning_rate(monkeypatch):
+    """train.gate_lr_mult scales the lr of every GRJCA gate parameter (and of nothing else), with the
+    usual weight-decay split, and the schedule keeps the ratio."""
+    from types import SimpleNamespace
+
+    from abaw.models.gates import IterationGate, StageGate
+    from abaw.training.module import FusionModule
+
+    small = dict(variant="grjca_hier", d_audio=8, d_visual=8, tcn_layers=1, tcn_kernel=3, iterations=2,
+                 head_hidden=4, face_presence="both")
+    lit = FusionModule({"lr": 1e-3, "gate_lr_mult": 30.0, "max_epochs": 2, "warmup_epochs": 0}, small, 6, 10)
+    trainer = SimpleNamespace(max_epochs=2, datamodule=SimpleNamespace(steps_per_epoch=lambda: 5))
+    monkeypatch.setattr(FusionModule, "trainer", property(lambda self: trainer))
+    opt = lit.configure_optimizers()["optimizer"]
+    gate_ids = {id(p) for m in lit.model.modules() if isinstance(m, IterationGate | StageGate) for p in m.parameters()}
+    assert gate_ids
+    seen = set()
+    for group in opt.param_groups:
+        ids = {id(p) for p in group["params"]}
+        seen |= ids
+        gate = ids <= gate_ids
+        assert gate or not ids & gate_ids  # a group is all gates or none
+        assert group["initial_lr"] == pytest.approx(1e-3 * (30 if gate else 1))
+        assert group["weight_decay"] == (0.0 if all(p.ndim < 2 for p in group["params"]) else 1e-2)
+    assert seen == {id(p) for p in lit.model.parameters()}
+
+
+def test_predictions_are_padded_to_the_models_own_length_floor(fake):
+    """A paper-mode model only runs at its welded length: predict_windows pads to it without being
+    told (abaw video and the ablation's test scoring once called it without pad_to)."""
+    from training_fakes import D_AUDIO, D_VISUAL
+
+    from abaw.models import build_model
+    from abaw.models.config import ModelConfig
+
+    cfg, table = fake
+    subjects = SubjectSource(cfg, table=table).open(["v02", "v01"], labels=True)  # v02: 50 frames
+    model = build_model(ModelConfig(variant="grjca_hier", d_audio=8, d_visual=8, tcn_layers=1, tcn_kernel=3,
+                                    iterations=2, head_hidden=4, paper_mode=True, paper_length=64),
+                        D_AUDIO, D_VISUAL)
+    st = predict_windows(model, subjects, window=64, hop=48, batch_size=2)
+    padded = predict_windows(model, subjects, window=64, hop=48, batch_size=2, pad_to=64)
+    for s in subjects:
+        assert st.mean(s.name).shape == (s.n_frames, 2)
+        np.testing.assert_array_equal(st.mean(s.name), padded.mean(s.name))

@@ -93,7 +93,7 @@ class PointwiseModel(nn.Module):
         self.gate = nn.Linear(in_audio + in_visual, 2)
         self.modes: list[bool] = []  # self.training at every forward (eval-mode checks)
 
-    def forward(self, audio, visual, mask=None):
+    def forward(self, audio, visual, mask=None, face=None):
         self.modes.append(self.training)
         x = torch.cat([audio, visual], dim=-1).float()
         g = torch.softmax(self.gate(x), dim=-1)

@@ -155,7 +155,8 @@ def score_test(cfg: Config, run: Path) -> dict:
     # Keyed by the run it scores (its identity and best checkpoint) and the test settings it reads.
     key = stable_hash({"run": json.loads((run / "identity.json").read_text()).get("hash"),
                        "best": (run / "best.ckpt").stat().st_mtime_ns,
-                       "eval": [cfg.train.eval_window_size, cfg.train.eval_hop_size, cfg.train.batch_size]})
+                       "eval": [cfg.train.eval_window_size, cfg.train.eval_hop_size, cfg.train.batch_size],
+                       "report": 2})  # 2: the visual gates split by crop presence too
     if path.is_file():
         data = json.loads(path.read_text())
         if data.get("config_hash") == key:
@@ -189,17 +190,81 @@ def score_test(cfg: Config, run: Path) -> dict:
         gold, mask = np.concatenate(golds), np.concatenate(masks)
         result["p_va"] = float(p_va(np.concatenate(raw), gold, mask)["p_va"])
         result["p_va_post"] = float(p_va(np.concatenate(post), gold, mask)["p_va"])
-        report = gate_report(st, names, *degraded_frames(cfg.data_root, data, source.rows))
+        report = gate_report(st, names, *degraded_frames(cfg.data_root, data, source.rows),
+                             no_crop={s.name: ~np.asarray(s.face, bool) for s in data})
         result["gates"] = report.get("headline", {})
         result["degraded_fraction"] = report.get("degraded_fraction", {})
     atomic_write_json(path, result)
     return result
 
 
+@dataclass(frozen=True)
+class Cell:
+    level: str
+    label: str
+    seed: int
+    cfg: Config
+
+
+def run_cell(cell: Cell, train_missing: bool = True) -> dict | None:
+    """Train (or reuse) one cell and score it: its results row, or None when it is not trained and
+    ``train_missing`` is off."""
+    t0 = time.perf_counter()
+    summary = train_cell(cell.cfg) if train_missing else finished_cell(cell.cfg)
+    if summary is None:
+        log.info("%s %s seed %s: not trained yet (left out)", cell.level, cell.label, cell.seed)
+        return None
+    test = score_test(cell.cfg, _run_dir(cell.cfg))
+    row = {"level": cell.level, "variant": cell.label, "seed": cell.seed, "run": cell.cfg.train.name,
+           "val_p_va": summary["metrics"].get("p_va_post", summary["metrics"]["p_va"]),
+           "test_p_va": test["p_va_post"], "test_p_va_raw": test["p_va"],
+           "fit_seconds": summary.get("fit_seconds"), "seconds": round(time.perf_counter() - t0, 1)}
+    row.update({f"gate/{k}": v for k, v in test.get("gates", {}).items()})
+    log.info("%s %s seed %s: val %.4f test %.4f (%.0f s)", cell.level, cell.label, cell.seed,
+             row["val_p_va"], row["test_p_va"], row["seconds"])
+    return row
+
+
+def _cell_in_worker(level: str, label: str, seed: int, cfg_dict: dict) -> dict | None:
+    from abaw.config import load_config
+
+    return run_cell(Cell(level, label, seed, with_overrides(load_config(), cfg_dict)))
+
+
+def _start_worker(n_threads: int) -> None:
+    from abaw.utils import start_worker_process
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    start_worker_process(n_threads)
+
+
+def run_cells(cells: Sequence[Cell], workers: int = 1, train_missing: bool = True) -> list[dict]:
+    """The rows of ``cells``, in their order. With ``workers`` > 1 the cells to train are spread over
+    that many spawned processes, each with its share of the cores: the demo's small models use two
+    threads poorly, so two one-thread cells at once beat one two-thread cell (README: the ablation)."""
+    import os
+
+    if workers <= 1 or not train_missing or len(cells) < 2:
+        rows = [run_cell(c, train_missing) for c in cells]
+        return [r for r in rows if r is not None]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from abaw.config import to_dict
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(_cell_in_worker, c.level, c.label, c.seed, to_dict(c.cfg)) for c in cells]
+        rows = [f.result() for f in futures]
+    return [r for r in rows if r is not None]
+
+
 def run_ablation(cfg: Config, variants: Sequence[str], seeds: Sequence[int], levels: Sequence[str],
-                 out: Path, reference: str = "rjca", train_missing: bool = True) -> dict[str, Path]:
+                 out: Path, reference: str = "rjca", train_missing: bool = True, workers: int = 1) -> dict[str, Path]:
     """Every cell, then results.csv (one row per cell), table.md, gates.png and config.yaml in ``out``.
-    ``train_missing=False`` tabulates the finished cells only (the table so far)."""
+    ``train_missing=False`` tabulates the finished cells only (the table so far); ``workers``: cells
+    trained at once (``run_cells``)."""
     from abaw.ablation.table import markdown, summarise
     from abaw.training.plots import plot_gate_shift
 
@@ -209,34 +274,25 @@ def run_ablation(cfg: Config, variants: Sequence[str], seeds: Sequence[int], lev
         raise AblationError(f"ablation variants {labels}: labels must be distinct")
     if not seeds:
         raise AblationError("ablation: no seeds")
+    if workers < 1:
+        raise AblationError(f"ablation: --workers {workers}: must be >= 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    rows, timing = [], {}
+    cells, timing = [], {}
     for level in levels:
         lcfg, generated = level_config(cfg, level)
         t0 = time.perf_counter()
         if train_missing:
             prepare_level(lcfg, generated)
         timing[f"prepare/{level}"] = round(time.perf_counter() - t0, 1)
-        for spec in specs:
-            for seed in seeds:
-                ccfg = cell_config(lcfg, spec, int(seed))
-                t0 = time.perf_counter()
-                summary = train_cell(ccfg) if train_missing else finished_cell(ccfg)
-                if summary is None:
-                    log.info("%s %s seed %s: not trained yet (left out)", level, spec.label, seed)
-                    continue
-                test = score_test(ccfg, _run_dir(ccfg))
-                timing[f"{level}/{spec.label}/{seed}"] = round(time.perf_counter() - t0, 1)
-                row = {"level": level, "variant": spec.label, "seed": int(seed), "run": ccfg.train.name,
-                       "val_p_va": summary["metrics"].get("p_va_post", summary["metrics"]["p_va"]),
-                       "test_p_va": test["p_va_post"], "test_p_va_raw": test["p_va"],
-                       "fit_seconds": summary.get("fit_seconds")}
-                row.update({f"gate/{k}": v for k, v in test.get("gates", {}).items()})
-                rows.append(row)
-                log.info("%s %s seed %s: val %.4f test %.4f (%.0f s)", level, spec.label, seed,
-                         row["val_p_va"], row["test_p_va"], timing[f"{level}/{spec.label}/{seed}"])
+        cells += [Cell(level, spec.label, int(seed), cell_config(lcfg, spec, int(seed)))
+                  for spec in specs for seed in seeds]
+    t0 = time.perf_counter()
+    rows = run_cells(cells, workers, train_missing)
+    timing["cells"] = round(time.perf_counter() - t0, 1)
+    timing["workers"] = workers
+    timing.update({f"{r['level']}/{r['variant']}/{r['seed']}": r.pop("seconds") for r in rows})
     import polars as pl
 
     from abaw.training.report import write_csv
@@ -277,7 +333,7 @@ def cli_ablate(cfg: Config, args) -> int:
     out = Path(args.out) if args.out else Path(cfg.cache_root).resolve() / "ablation" / (args.name or "ablation")
     t0 = time.perf_counter()
     paths = run_ablation(cfg, variants, _seeds(args.seeds), levels, out, args.reference,
-                         train_missing=not args.cached_only)
+                         train_missing=not args.cached_only, workers=args.workers)
     print(paths["table"].read_text())
     print(f"ablation: {out} ({time.perf_counter() - t0:.0f} s): " + ", ".join(p.name for p in paths.values()))
     return 0

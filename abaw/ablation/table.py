@@ -17,6 +17,7 @@ GATE_COLUMNS = (
     ("gate/visual/iter/entropy_median", "vis H"),
     ("gate/visual/iter/above_99", "vis >.99"),
     ("gate/visual/iter/shift", "vis shift"),
+    ("gate/visual/iter/shift_nocrop", "vis no-crop shift"),
     ("gate/audio/iter/attended", "aud att"),
     ("gate/audio/iter/shift", "aud shift"),
 )
@@ -76,6 +77,6 @@ def markdown(table: pl.DataFrame, reference: str = "rjca") -> str:
                  f"{_f(r['test_p_va_mean'])} ± {_f(r['test_p_va_sd'])}",
                  f"{_f(r['diff_mean'], '+.3f')} ± {_f(r['diff_sd'])}" if np.isfinite(r["diff_mean"]) else "",
                  r["wins"]]
-        cells += [_f(r[col], "+.3f" if col.endswith("shift") else ".3f") for col, _ in GATE_COLUMNS]
+        cells += [_f(r[col], "+.3f" if "shift" in col else ".3f") for col, _ in GATE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

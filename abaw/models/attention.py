@@ -105,7 +105,7 @@ class RecursiveJointCrossAttention(nn.Module):
                  paper_length: int | None = None, iteration_gate: bool = True, stage_gate: bool = True,
                  gate_input: str = "concat", feed: str = "gated", gate_tau: float = 0.1, stage_tau: float = 0.1,
                  gate_norm: bool = False, learn_tau: bool = False, gate_dropout: float = 0.0,
-                 residual: bool = True):
+                 residual: bool = True, reliability: int = 0):
         super().__init__()
         if stage_gate and not iteration_gate:
             raise ValueError("RecursiveJointCrossAttention: the stage gate weighs gated outputs; "
@@ -118,7 +118,8 @@ class RecursiveJointCrossAttention(nn.Module):
         # ungated rjca without it would lose the unimodal path altogether.
         keep = residual or not iteration_gate
         self.steps = nn.ModuleList(JointCrossAttention(dims, dropout, paper_length, keep) for _ in range(layers))
-        opts = dict(norm=gate_norm, learn_tau=learn_tau, dropout=gate_dropout)
+        # reliability: per-frame channels every gate takes into its logits (abaw.models.gates)
+        opts = dict(norm=gate_norm, learn_tau=learn_tau, dropout=gate_dropout, extra=reliability)
         self.gates = nn.ModuleList(
             nn.ModuleDict({m: IterationGate(d, gate_input, gate_tau, **opts) for m, d in dims.items()})
             for _ in range(layers if iteration_gate else 0)
@@ -126,7 +127,9 @@ class RecursiveJointCrossAttention(nn.Module):
         self.stage = (nn.ModuleDict({m: StageGate(d, iterations, stage_tau, **opts) for m, d in dims.items()})
                       if stage_gate else None)
 
-    def forward(self, xs: dict[str, Tensor], mask: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def forward(self, xs: dict[str, Tensor], mask: Tensor, reliability: Tensor | None = None
+                ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``reliability`` [B, L, E]: the gates' reliability channels, when built with E > 0."""
         x0, current = xs, xs
         gated: dict[str, list[Tensor]] = {m: [] for m in self.dims}
         gate_values: dict[str, list[Tensor]] = {m: [] for m in self.dims}
@@ -137,7 +140,7 @@ class RecursiveJointCrossAttention(nn.Module):
                 current = att
                 continue
             for m in self.dims:
-                g, x_tilde = self.gates[layer][m](x0[m], att[m])
+                g, x_tilde = self.gates[layer][m](x0[m], att[m], reliability)
                 gated[m].append(x_tilde * as_weights(mask, x_tilde))
                 gate_values[m].append(g)
             current = {m: gated[m][-1] for m in self.dims} if self.feed == "gated" else att
@@ -148,5 +151,5 @@ class RecursiveJointCrossAttention(nn.Module):
             return {m: gated[m][-1] for m in self.dims}, gates
         fused = {}
         for m in self.dims:
-            gates[f"{m}/stage"], fused[m] = self.stage[m](gated[m])
+            gates[f"{m}/stage"], fused[m] = self.stage[m](gated[m], reliability)
         return fused, gates

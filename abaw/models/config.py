@@ -16,6 +16,7 @@ _CHOICES = {
     "head": ("blstm", "tcn"),
     "gate_input": ("concat", "att"),
     "feed": ("gated", "att"),
+    "face_presence": ("none", "encoder", "gates", "both"),
 }
 
 
@@ -32,16 +33,23 @@ class ModelConfig:
     shared_weights: bool = True  # one attention layer (and gate) reused across iterations
     gate_input: str = "concat"  # concat: [X; X_att] | att: X_att alone
     feed: str = "gated"  # gated: feed X~ into the next iteration | att: feed X_att
-    # Gates (abaw/models/gates.py; measured in docs/readme/gates.md). The paper's form: gate_tau=0.1
-    # stage_tau=0.1. At 1/tau = 10 the gates go one-hot on the demo release; tau = 1 keeps them alive.
+    # Gates (abaw/models/gates.py; measured in the README, "GRJCA's gates"). The paper's form:
+    # gate_tau=0.1 stage_tau=0.1 gate_norm=false (and train.gate_lr_mult=1). At 1/tau = 10 on raw
+    # features the gates go one-hot on the demo release; tau = 1 on normalised inputs, with the gates'
+    # own learning rate, keeps them alive and lets them move.
     gate_tau: float = 1.0
     stage_tau: float = 1.0
-    gate_norm: bool = False  # LayerNorm (no affine) on every gate input
+    gate_norm: bool = True  # LayerNorm (no affine) on every gate input: the logit scale is W's alone
     learn_tau: bool = False  # learn the gate temperatures, starting from gate_tau / stage_tau
     gate_dropout: float = 0.0  # training only: per frame, this fraction of gates is an even mix
     # X_att = X + attention update (paper: "attended" then always contains X); false: the update alone,
     # so the gate picks unimodal vs cross-modal features. Gated variants only: rjca keeps the residual.
     att_residual: bool = True
+    # The per-frame face-crop flag (the visual cache's mask; abaw/models/fusion.py): none | encoder (one
+    # more visual input channel) | gates (into every GRJCA gate's logits; variants without gates: the
+    # encoder) | both. "none" here so runs saved before it existed load as they were trained;
+    # configs/default.yaml sets it.
+    face_presence: str = "none"
     xf_layers: int = 1  # xformer: cross-modal blocks
     xf_heads: int = 4  # xformer: attention heads (must divide d_audio and d_visual)
     xf_ff_mult: int = 2  # xformer: feed-forward width in multiples of the model width

@@ -21,18 +21,26 @@ class InputProjection(nn.Module):
     """LayerNorm over the cached backbone features, then a linear map to the model width.
 
     The norm puts ResNet pooled activations and log-mel embeddings on one scale per frame, whatever
-    precision the cache stored them in."""
+    precision the cache stored them in. ``extra`` per-frame channels (the face-presence flag) join
+    *after* the norm: normalised with 512 feature values, a 0/1 flag would shrink to noise."""
 
-    def __init__(self, in_dim: int, out_dim: int, dropout: float):
+    def __init__(self, in_dim: int, out_dim: int, dropout: float, extra: int = 0):
         super().__init__()
-        self.in_dim, self.out_dim = in_dim, out_dim
+        self.in_dim, self.out_dim, self.extra = in_dim, out_dim, extra
         self.norm = nn.LayerNorm(in_dim)
-        self.proj = nn.Linear(in_dim, out_dim)
+        self.proj = nn.Linear(in_dim + extra, out_dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor, name: str = "input") -> Tensor:
-        expect_shape(x, name, ("B", "L", self.in_dim))
-        return self.drop(self.proj(self.norm(x))) * as_weights(mask, x)
+    def forward(self, x: Tensor, mask: Tensor, name: str = "input", extra: Tensor | None = None) -> Tensor:
+        sizes = expect_shape(x, name, ("B", "L", self.in_dim))
+        h = self.norm(x)
+        if self.extra:
+            if extra is None:
+                raise ValueError(f"{name}: this encoder takes {self.extra} extra per-frame channel(s) "
+                                 "(model.face_presence); none were given")
+            expect_shape(extra, f"{name} extra channels", ("B", "L", self.extra), sizes)
+            h = torch.cat([h, extra.to(h.dtype)], dim=-1)
+        return self.drop(self.proj(h)) * as_weights(mask, x)
 
 
 class TemporalConvNet(nn.Module):
@@ -107,10 +115,10 @@ class ModalityEncoder(nn.Module):
     """Cached features [B, L, I] -> X_m [B, L, d]: input projection, then the temporal encoder."""
 
     def __init__(self, name: str, in_dim: int, dim: int, kind: str, tcn_layers: int, tcn_kernel: int,
-                 blstm_layers: int, dropout: float):
+                 blstm_layers: int, dropout: float, extra: int = 0):
         super().__init__()
         self.name, self.in_dim, self.dim = name, in_dim, dim
-        self.project = InputProjection(in_dim, dim, dropout)
+        self.project = InputProjection(in_dim, dim, dropout, extra)
         if kind == "tcn":
             self.temporal: nn.Module = TemporalConvNet(dim, tcn_layers, tcn_kernel, dropout)
         elif kind == "blstm":
@@ -118,5 +126,5 @@ class ModalityEncoder(nn.Module):
         else:
             raise ValueError(f"encoder kind {kind!r}: expected 'tcn' or 'blstm'")
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        return self.temporal(self.project(x, mask, self.name), mask)
+    def forward(self, x: Tensor, mask: Tensor, extra: Tensor | None = None) -> Tensor:
+        return self.temporal(self.project(x, mask, self.name, extra), mask)

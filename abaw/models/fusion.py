@@ -36,7 +36,12 @@ class FusionModel(nn.Module):
 
     Inputs may be any float dtype (float16 from a memmap): they are cast to the parameters' dtype.
     ``mask`` is True on frames that exist (False on padding); frames without labels but with features
-    should stay True, since they carry context. A modality the variant does not use may be None."""
+    should stay True, since they carry context. A modality the variant does not use may be None.
+
+    ``face`` bool [B, L]: a face crop was found for the frame (the visual cache's mask); required when
+    ``model.face_presence`` is on (any variant that encodes the face). The flag joins the visual
+    encoder's input, and the GRJCA gates' logits as "face missing", so a frame whose features are a
+    fill from its neighbour (``features.visual.fill``) is no longer indistinguishable from a real one."""
 
     def __init__(self, cfg: ModelConfig, in_audio: int, in_visual: int, modalities: tuple[str, ...] = MODALITIES,
                  attention: bool = True, iteration_gate: bool = True, stage_gate: bool = True,
@@ -56,9 +61,15 @@ class FusionModel(nn.Module):
         self.in_dims = {"audio": in_audio, "visual": in_visual}
         dims = {"audio": cfg.d_audio, "visual": cfg.d_visual}
         self.dims = {m: dims[m] for m in self.modalities}
+        gated = attention and fusion == "rjca" and iteration_gate
+        where = cfg.face_presence if "visual" in self.modalities else "none"
+        if where == "gates" and not gated:  # nothing to gate: the flag goes where the variant can use it
+            where = "encoder"
+        self.face_presence = where != "none"
         self.encoders = nn.ModuleDict({
             m: ModalityEncoder(m, self.in_dims[m], self.dims[m], cfg.encoder, cfg.tcn_layers, cfg.tcn_kernel,
-                               cfg.blstm_layers, cfg.dropout)
+                               cfg.blstm_layers, cfg.dropout,
+                               extra=int(m == "visual" and where in ("encoder", "both")))
             for m in self.modalities
         })
         self.fusion: nn.Module | None = None
@@ -71,11 +82,18 @@ class FusionModel(nn.Module):
                 iteration_gate=iteration_gate, stage_gate=stage_gate, gate_input=cfg.gate_input, feed=cfg.feed,
                 gate_tau=cfg.gate_tau, stage_tau=cfg.stage_tau, gate_norm=cfg.gate_norm, learn_tau=cfg.learn_tau,
                 gate_dropout=cfg.gate_dropout, residual=cfg.att_residual,
+                reliability=int(where in ("gates", "both")),
             )
         self.head = RegressionHead(sum(self.dims.values()), cfg.head, cfg.head_hidden, cfg.head_layers,
                                    cfg.tcn_kernel, cfg.dropout)
 
-    def forward(self, audio: Tensor | None, visual: Tensor | None, mask: Tensor | None = None) -> FusionOutput:
+    @property
+    def min_length(self) -> int:
+        """Frames every input must be padded to: paper mode welds its window length into the keys."""
+        return self.cfg.paper_length if self.cfg.paper_mode and isinstance(self.fusion, RecursiveJointCrossAttention) else 0
+
+    def forward(self, audio: Tensor | None, visual: Tensor | None, mask: Tensor | None = None,
+                face: Tensor | None = None) -> FusionOutput:
         sizes: dict[str, int] = {}
         inputs = {"audio": audio, "visual": visual}
         for m, x in inputs.items():
@@ -89,9 +107,19 @@ class FusionModel(nn.Module):
             raise ValueError("inputs have no frames (L=0)")
         param = next(self.parameters())
         mask = resolve_mask(mask, sizes, param.device)
-        xs = {m: self.encoders[m](inputs[m].to(param.dtype), mask) for m in self.modalities}
+        missing = None
+        if self.face_presence:
+            if face is None:
+                raise ValueError("model.face_presence: the model needs face [B, L] (True where a face crop "
+                                 "was found: the visual cache's mask)")
+            expect_shape(face, "face", ("B", "L"), sizes)
+            missing = (~face.bool()).unsqueeze(-1).to(param.dtype)  # [B, L, 1]
+        xs = {m: self.encoders[m](inputs[m].to(param.dtype), mask, missing if m == "visual" else None)
+              for m in self.modalities}
         gates: dict[str, Tensor] = {}
-        if self.fusion is not None:
+        if isinstance(self.fusion, RecursiveJointCrossAttention):
+            xs, gates = self.fusion(xs, mask, missing)
+        elif self.fusion is not None:
             xs, gates = self.fusion(xs, mask)
         pred = self.head(torch.cat([xs[m] for m in self.modalities], dim=-1), mask)
         return FusionOutput(pred, gates)

@@ -89,9 +89,7 @@ def predict_subjects(run_dir: str | Path, subjects: Sequence[str], cfg: Config |
     tc = eff.train
     device = _device()
     model.to(device)
-    pad_to = run_cfg.model.paper_length if run_cfg.model.paper_mode else 0
-    stitcher = predict_windows(model, data, tc.eval_window_size, tc.eval_hop_size,
-                               tc.batch_size, device=device, pad_to=pad_to)
+    stitcher = predict_windows(model, data, tc.eval_window_size, tc.eval_hop_size, tc.batch_size, device=device)
     return {s: stitcher.mean(s, "pred") for s in subjects}
 
 

@@ -20,6 +20,10 @@ class TrainConfig:
     max_epochs: int = 30
     lr: float = 3e-4
     weight_decay: float = 1e-2
+    # Learning-rate multiplier of the GRJCA gates' parameters. They start at zero (an even mix) and Adam
+    # moves a parameter by about lr per step, so at lr 3e-4 a few hundred steps leave a gate logit where
+    # it started: on the demo (about 40 steps) the gates barely trained at all (README: the gates).
+    gate_lr_mult: float = 10.0
     warmup_epochs: float = 1.0  # linear warm-up from lr/100, in epochs (fractions allowed)
     scheduler: str = "cosine"  # cosine (to min_lr_ratio * lr at max_epochs) | none (constant)
     min_lr_ratio: float = 0.01
@@ -71,6 +75,8 @@ class TrainConfig:
             raise ValueError(f"train.feature_norm must be one of {FEATURE_NORMS}, got {self.feature_norm!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not self.gate_lr_mult > 0:
+            raise ValueError(f"train.gate_lr_mult must be > 0, got {self.gate_lr_mult}")
         if self.batch_size < 1 or self.max_epochs < 1 or self.lr <= 0:
             raise ValueError("train.batch_size, max_epochs must be >= 1 and lr > 0")
         if self.loss_mse < 0 or self.grad_clip < 0 or self.warmup_epochs < 0:

@@ -85,18 +85,19 @@ class WindowDataset(Dataset):
         visual = np.zeros((b, length, first.visual.shape[1]), dtype=first.visual.dtype)
         gold = np.zeros((b, length, 2), dtype=np.float32)
         mask = np.zeros((b, length), dtype=bool)
+        face = np.zeros((b, length), dtype=bool)
         pad = np.arange(length)[None, :] < lengths[:, None]
         names = []
         for j, (k, start, stop) in enumerate(rows.tolist()):
             s = self.subjects[k]
             n = stop - start
             item = s.read(start, stop, self.mask_missing_face, audio[j, :n], visual[j, :n])
-            gold[j, :n], mask[j, :n] = item["gold"], item["mask"]
+            gold[j, :n], mask[j, :n], face[j, :n] = item["gold"], item["mask"], item["face"]
             names.append(s.name)
         batch = {
             "audio": torch.from_numpy(audio), "visual": torch.from_numpy(visual),
             "gold": torch.from_numpy(gold), "mask": torch.from_numpy(mask), "pad": torch.from_numpy(pad),
-            "subject": names,
+            "face": torch.from_numpy(face), "subject": names,
             "keep": torch.from_numpy(keep),
             "start": torch.from_numpy(rows[:, 1].copy()),
             "n_frames": torch.tensor([self.subjects[k].n_frames for k in rows[:, 0].tolist()], dtype=torch.long),
@@ -134,6 +135,7 @@ def collate_windows(items: list[dict] | dict) -> dict:
         "visual": stack("visual"),
         "gold": stack("gold"),
         "mask": stack("mask"),
+        "face": stack("face"),
         "pad": torch.from_numpy(pad),
         "subject": [it["subject"] for it in items],
         "start": torch.tensor([it["start"] for it in items], dtype=torch.long),

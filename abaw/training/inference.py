@@ -32,7 +32,7 @@ def model_inputs(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 def forward_batch(model: torch.nn.Module, batch: dict):
     """The model's output for a collated batch (inputs already on the model's device)."""
     audio, visual = model_inputs(batch)
-    return model(audio, visual, batch["pad"])
+    return model(audio, visual, batch["pad"], face=batch["face"])
 
 
 def stitch_batch(stitcher: Stitcher, batch: dict, out, with_gates: bool = True) -> None:
@@ -78,13 +78,16 @@ def predict_windows(model: torch.nn.Module, subjects: Sequence[SubjectData], win
                     num_workers: int = 0, pad_to: int = 0) -> Stitcher:
     """Stitched outputs of ``model`` (put in eval mode) over whole ``subjects``: ``window <= 0`` runs
     each subject in one piece, otherwise overlapping windows are averaged frame by frame. ``pad_to``:
-    batches are padded to at least this many frames (paper mode's fixed window length)."""
+    batches are padded to at least this many frames (and to the model's ``min_length``: paper mode's fixed
+    window length)."""
     from abaw.training.datamodule import WindowDataset, collate_windows, make_windows
 
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
+    # The model's own floor too (paper mode): a caller that forgets it would fail, or pad differently.
+    pad_to = max(pad_to, getattr(model, "min_length", 0))
     ds = WindowDataset(subjects, make_windows(subjects, window, hop), mask_missing_face, pad_to)
     loader = DataLoader(ds, batch_size=batch_size if window > 0 else 1, shuffle=False,
                         collate_fn=collate_windows, num_workers=num_workers)

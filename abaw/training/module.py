@@ -65,8 +65,8 @@ class FusionModule(pl.LightningModule):
         self._stitcher: Stitcher | None = None
         self._gates: dict[str, list] = {}
 
-    def forward(self, audio, visual, pad=None):
-        return self.model(audio, visual, pad)
+    def forward(self, audio, visual, pad=None, face=None):
+        return self.model(audio, visual, pad, face=face)
 
     # ---- loss -------------------------------------------------------------------------------
     def loss(self, pred: torch.Tensor, gold: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -176,22 +176,27 @@ class FusionModule(pl.LightningModule):
 
     # ---- optimiser --------------------------------------------------------------------------
     def configure_optimizers(self):
-        decay, no_decay = [], []
+        from abaw.models.gates import IterationGate, StageGate
+
+        gate_ids = {id(p) for m in self.model.modules() if isinstance(m, IterationGate | StageGate)
+                    for p in m.parameters()}
+        groups: dict[tuple[bool, bool], list] = {}
         for p in self.model.parameters():
             if p.requires_grad:
                 # Biases and norm scales are not weights to shrink.
-                (decay if p.ndim >= 2 else no_decay).append(p)
+                groups.setdefault((p.ndim >= 2, id(p) in gate_ids), []).append(p)
+        tc = self.tc
         opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.tc.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.tc.lr,
+            [{"params": ps, "weight_decay": tc.weight_decay if decays else 0.0,
+              "lr": tc.lr * (tc.gate_lr_mult if gate else 1.0)}
+             for (decays, gate), ps in sorted(groups.items())],
+            lr=tc.lr,
         )
         dm = getattr(self.trainer, "datamodule", None)
         if hasattr(dm, "steps_per_epoch"):  # without touching the loader (see FusionDataModule.steps_per_epoch)
             total = max(1, dm.steps_per_epoch() * int(self.trainer.max_epochs or 1))
         else:
             total = max(1, int(self.trainer.estimated_stepping_batches))
-        tc = self.tc
         return {"optimizer": opt, "lr_scheduler": step_schedule(
             opt, total, self.trainer.max_epochs or 1, tc.warmup_epochs, tc.scheduler, tc.min_lr_ratio)}
 

@@ -159,9 +159,12 @@ def degraded_frames(release_root: Path, subjects: Sequence[SubjectData], rows: d
 
 
 def gate_report(stitcher: Stitcher, subjects: Sequence[str], degraded: dict[str, dict[str, np.ndarray]],
-                source: str) -> dict:
+                source: str, no_crop: dict[str, np.ndarray] | None = None) -> dict:
     """Gate diagnostics (``abaw.metrics.gates``) over every frame the windows covered, pooled over
-    ``subjects``, split by ``degraded``; empty for a model without gates."""
+    ``subjects``, split by ``degraded``; empty for a model without gates. ``no_crop`` (subject ->
+    bool[N], True where the frame has no face crop) adds the visual gates split by that alone, as
+    ``visual/iter/shift_nocrop`` (attended weight without a crop minus with one), ``.../nocrop`` and
+    ``.../crop``: the one degradation a real release records."""
     from abaw.metrics.gates import gate_diagnostics, headline
 
     keys = sorted({k for s in subjects for k in stitcher.averaged_keys(s) if k.startswith(GATE_PREFIX)})
@@ -172,10 +175,20 @@ def gate_report(stitcher: Stitcher, subjects: Sequence[str], degraded: dict[str,
     covered = np.concatenate([stitcher.covered(s) for s in subjects])
     masks = {m: np.concatenate([degraded[s][m] for s in subjects]) for m in ("visual", "audio")}
     diag = gate_diagnostics(gates, masks, covered)
+    head = headline(diag)
+    if no_crop is not None:
+        nc = np.concatenate([no_crop[s] for s in subjects])
+        if (nc & covered).any() and (~nc & covered).any():
+            visual = {k: v for k, v in gates.items() if k.startswith("visual/")}
+            names = {"shift": "shift_nocrop", "degraded": "nocrop", "clean": "crop"}
+            for k, v in headline(gate_diagnostics(visual, {"visual": nc}, covered)).items():
+                stem, _, leaf = k.rpartition("/")
+                if leaf in names:
+                    head[f"{stem}/{names[leaf]}"] = v
     return {"degraded_source": source,
             "degraded_fraction": {m: float(masks[m][covered].mean()) if covered.any() else float("nan")
                                   for m in masks},
-            "headline": headline(diag), "gates": diag}
+            "headline": head, "gates": diag}
 
 
 def gate_summary(release_root: Path, stitcher: Stitcher, subjects: Sequence[SubjectData], rows: dict,
@@ -185,7 +198,8 @@ def gate_summary(release_root: Path, stitcher: Stitcher, subjects: Sequence[Subj
     from abaw.utils import atomic_write_json
 
     names = [s.name for s in subjects]
-    report = gate_report(stitcher, names, *degraded_frames(release_root, subjects, rows)) if names else {}
+    report = (gate_report(stitcher, names, *degraded_frames(release_root, subjects, rows),
+                          no_crop={s.name: ~np.asarray(s.face, bool) for s in subjects}) if names else {})
     if report:
         atomic_write_json(path, report)
     return report

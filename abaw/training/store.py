@@ -142,8 +142,8 @@ class SubjectData:
 
     def read(self, start: int, stop: int, mask_missing_face: bool = False,
              audio_out: np.ndarray | None = None, visual_out: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Frames ``[start, stop)``: raw features (into the given buffers, if any), gold and the
-        loss/metric mask (annotated frames, optionally only those with a face). Standardisation
+        """Frames ``[start, stop)``: raw features (into the given buffers, if any), gold, the
+        loss/metric mask (annotated frames, optionally only those with a face) and the face-crop flag. Standardisation
         (``norm``) is applied on the model's device by ``abaw.training.inference.model_inputs``: done
         here it would cost the loader a float32 round trip per value."""
         stop = min(stop, self.n_frames)
@@ -157,9 +157,10 @@ class SubjectData:
             gold, mask = np.zeros((n, 2), dtype=np.float32), np.zeros(n, dtype=bool)
         else:
             gold, mask = self.gold[start:stop], self.valid[start:stop].copy()
+        face = self.face[start:stop]
         if mask_missing_face:
-            mask &= self.face[start:stop]
-        return {"audio": audio, "visual": visual, "gold": gold, "mask": mask}
+            mask &= face
+        return {"audio": audio, "visual": visual, "gold": gold, "mask": mask, "face": face}
 
 
 def shift_index(frame_times: np.ndarray, shift_s: float) -> np.ndarray:

@@ -283,20 +283,9 @@ def _free_accelerator_memory() -> None:
 
 def _worker(cfg_dict: dict, n_threads: int, quota: int) -> None:
     """One worker process: run up to ``quota`` trials of the shared study."""
-    import threading
+    from abaw.utils import start_worker_process
 
-    import torch
-
-    parent = os.getppid()
-
-    def exit_with_parent() -> None:
-        # A killed `abaw tune` must not leave workers training on: their trials are failed on restart.
-        while os.getppid() == parent:
-            time.sleep(2)
-        os._exit(1)
-
-    threading.Thread(target=exit_with_parent, daemon=True).start()
-    torch.set_num_threads(max(1, n_threads))
+    start_worker_process(n_threads)
     cfg = with_overrides(load_config(), cfg_dict)
     optimize(cfg, quota)
 

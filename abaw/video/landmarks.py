@@ -3,7 +3,7 @@ LiteRT on the region BlazeFace found.
 
 BlazeFace's six keypoints are coarse: regressed from a 128x128 view of the whole frame, they can sit
 several pixels off the facial features (measured: ~7-9 px too high on the synthetic release's faces,
-within ~3 px on real footage; docs/readme/video.md). The mesh model looks at the face itself, at
+within ~3 px on real footage; the README, "abaw video"). The mesh model looks at the face itself, at
 192x192, and places its points on the eye contours, the nose and the lips. From them come the four
 alignment points in BlazeFace's order: the eye centres (mean of each eye's 16 contour points), the nose
 tip, and the mouth centre (midpoint of the two mouth corners, like the template's).
