@@ -308,6 +308,38 @@ def test_sampler_balances_subjects_and_is_reproducible_per_epoch():
     assert not np.array_equal(a, s.indices())
 
 
+# ---- pixels: uint8 from the workers, normalised by the module ----------------------------------------
+def test_loader_ships_uint8_pixels_that_the_module_normalises(tmp_path):
+    import cv2
+    import timm
+    import torch
+
+    from abaw.finetune.config import FinetuneConfig
+    from abaw.finetune.data import FaceFrames, FrameTable, build_augment, mean_pixel
+    from abaw.finetune.module import FinetuneModule, FinetuneNet
+
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    rng = np.random.default_rng(0)
+    for k in range(8):
+        cv2.imwrite(str(tmp_path / f"{k + 1:05d}.jpg"), rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    (tmp_path / "00009.jpg").write_bytes(b"not a jpeg")
+    table = FrameTable(["s"], [str(tmp_path)], np.zeros(9, np.int32), np.arange(9), np.zeros((9, 2), np.float32))
+    lit = FinetuneModule(FinetuneNet(timm.create_model("resnet18", num_classes=0)), FinetuneConfig(),
+                         channels_last=True, mean=mean, std=std)
+    ds = FaceFrames(table, build_augment("face", (32, 32), mean, "bilinear"), (32, 32), mean_pixel(mean))
+    ds.transform.set_random_seed(1)
+    x = torch.stack([ds[g][0] for g in range(9)])
+    assert x.dtype == torch.uint8 and x.shape == (9, 3, 32, 32)
+    ref = (x.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    got = lit.pixels(x.contiguous(memory_format=torch.channels_last))
+    assert got.is_contiguous(memory_format=torch.channels_last) and torch.allclose(got, ref, atol=1e-5)
+    # The undecodable crop (and an erased hole) is the mean colour: ~0 once normalised, as before.
+    assert torch.isnan(ds[8][1]).all() and got[8].abs().max() < 0.01
+    # A float batch is taken as already normalised.
+    lit.eval()
+    with torch.inference_mode():
+        assert torch.allclose(lit(ref[:2]), lit(x[:2]), atol=1e-5)
+
 # ---- the synthetic face cue ---------------------------------------------------------------------------
 @pytest.mark.parametrize("cues,colour_follows_valence", [("shape+colour", True), ("shape", False)])
 def test_shape_only_faces_carry_no_colour_cue(cues, colour_follows_valence):

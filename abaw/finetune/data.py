@@ -3,7 +3,9 @@
 Only annotated frames that have a crop file enter a table (the -5 rows and faceless frames never reach
 the loss). Training frames come from the split's training subjects only, every ``stride``-th such frame
 (neighbours are near duplicates); each epoch draws equally many of them from every subject, so a long
-video does not outweigh a short one. JPEG decoding and augmentation run in DataLoader workers.
+video does not outweigh a short one. JPEG decoding and augmentation run in DataLoader workers, which
+ship uint8 pixels; the module normalises them on its device (a quarter of the bytes through the worker
+queues, pinned memory and the host-to-device copy, and no float work in the workers).
 """
 
 from __future__ import annotations
@@ -111,12 +113,19 @@ class SubjectBalancedSampler(Sampler[int]):
         return self.n
 
 
-def build_augment(kind: str, size: tuple[int, int], mean, std, interpolation: str):
-    """albumentations pipeline for aligned face crops, resized to ``size`` and normalised.
+def mean_pixel(mean) -> tuple[int, ...]:
+    """The mean colour as uint8 RGB: what normalisation maps to ~0 (within half a pixel level)."""
+    return tuple(int(round(255 * float(m))) for m in mean)
+
+
+def build_augment(kind: str, size: tuple[int, int], mean, interpolation: str):
+    """albumentations pipeline for aligned face crops: uint8 RGB in, uint8 RGB at ``size`` out.
 
     ``face``: horizontal flip, colour jitter, a small affine (faces are already aligned: a few degrees,
     a few percent) and random erasing (an occluding hand or hair); ``flip``: flip only; ``none``: none
     (validation). Geometry runs after the resize, so augmenting costs what the network's input costs.
+    Normalisation is the module's (``FinetuneModule.pixels``), so an erased hole is the mean colour:
+    what a hole filled with 0 after normalising was.
     """
     import albumentations as A
 
@@ -129,23 +138,22 @@ def build_augment(kind: str, size: tuple[int, int], mean, std, interpolation: st
             A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.03, p=0.8),
             A.Affine(scale=(0.93, 1.07), translate_percent=(-0.05, 0.05), rotate=(-10, 10),
                      border_mode=cv2.BORDER_REFLECT_101, p=0.7),
+            A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.15, 0.35),
+                            hole_width_range=(0.15, 0.35), fill=mean_pixel(mean), p=0.3),
         ]
-    ops.append(A.Normalize(mean=mean, std=std, max_pixel_value=255.0))
-    if kind == "face":
-        ops.append(A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.15, 0.35),
-                                   hole_width_range=(0.15, 0.35), fill=0, p=0.3))
     return A.Compose(ops)
 
 
 class FaceFrames(Dataset):
-    """Item ``g``: (image float32 [3, H, W], label float32 [2], position ``g``) of a ``FrameTable``.
+    """Item ``g``: (image uint8 [3, H, W], label float32 [2], position ``g``) of a ``FrameTable``.
 
-    A crop that cannot be decoded gives zeros and a NaN label, which the loss masks out; the count of
-    such frames is reported by the module.
+    A crop that cannot be decoded gives the mean colour (``fill``) and a NaN label, which the loss masks
+    out; the count of such frames is reported by the module.
     """
 
-    def __init__(self, table: FrameTable, transform, size: tuple[int, int]):
+    def __init__(self, table: FrameTable, transform, size: tuple[int, int], fill: tuple[int, ...]):
         self.table, self.transform, self.size = table, transform, size
+        self.blank = torch.tensor(fill, dtype=torch.uint8)[:, None, None].expand(3, *size).contiguous()
 
     def __len__(self) -> int:
         return len(self.table)
@@ -157,13 +165,14 @@ class FaceFrames(Dataset):
         try:
             rgb = decode_crop(path)
         except Exception:  # noqa: BLE001 - an untrusted file: this frame drops out, the run goes on
-            return torch.zeros((3, *self.size)), torch.full((2,), float("nan")), g
+            return self.blank.clone(), torch.full((2,), float("nan")), g
         x = self.transform(image=rgb)["image"]
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), label, g
 
 
 def _seed_worker(_: int) -> None:
     # Forked workers inherit one albumentations generator; give each its own (torch seeds them apart).
+    # One OpenCV thread per worker: the workers are the parallelism, and the model needs the cores.
     cv2.setNumThreads(1)
     info = torch.utils.data.get_worker_info()
     if info is not None:
@@ -179,8 +188,11 @@ class FinetuneData(pl.LightningDataModule):
         self.train_table, self.val_table = train, val
         self.ft = ft
         self.size = tuple(spec_input)
-        self.train_tf = build_augment(ft.augment, self.size, mean, std, interpolation)
-        self.val_tf = build_augment("none", self.size, mean, std, interpolation)
+        # The loaders give uint8 pixels: the module normalises them with these (FinetuneModule(mean, std)).
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.fill = mean_pixel(mean)
+        self.train_tf = build_augment(ft.augment, self.size, mean, interpolation)
+        self.val_tf = build_augment("none", self.size, mean, interpolation)
         self.train_tf.set_random_seed(seed)
         self.sampler = SubjectBalancedSampler(train.subjects, samples_per_epoch or len(train), seed)
 
@@ -193,7 +205,7 @@ class FinetuneData(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(FaceFrames(self.train_table, self.train_tf, self.size), self.sampler)
+        return self._loader(FaceFrames(self.train_table, self.train_tf, self.size, self.fill), self.sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(FaceFrames(self.val_table, self.val_tf, self.size))
+        return self._loader(FaceFrames(self.val_table, self.val_tf, self.size, self.fill))

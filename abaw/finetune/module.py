@@ -1,6 +1,7 @@
 """The network (a timm backbone with a small valence-arousal head) and its LightningModule: masked CCC
 (+MSE) loss, AdamW with warm-up and cosine decay, layer-wise LR decay or freeze-then-unfreeze by layer
-group, validation CCC on frames of the validation subjects."""
+group, validation CCC on frames of the validation subjects. The loaders give uint8 pixels, which the
+module normalises on its device; a float batch is taken as already normalised."""
 
 from __future__ import annotations
 
@@ -48,18 +49,42 @@ def unfrozen_groups(epoch: int, n_groups: int, every: float) -> int:
     return min(n_groups, int(math.floor(epoch / every + 1e-9)))
 
 
+def backbone_norm(backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the backbone's timm data config: where ``resolve_visual`` takes a spec's from."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config(model=backbone)
+    return tuple(cfg["mean"]), tuple(cfg["std"])
+
+
 class FinetuneModule(pl.LightningModule):
-    def __init__(self, net: FinetuneNet, ft, channels_last: bool = False):
+    """``mean``/``std``: the normalisation of the loaders' uint8 pixels (``FinetuneData.mean/std``); None
+    takes the backbone's own (``backbone_norm``)."""
+
+    def __init__(self, net: FinetuneNet, ft, channels_last: bool = False, mean=None, std=None):
         super().__init__()
         self.net, self.ft = net, ft
         self.channels_last = channels_last
         self.groups = layer_groups(net.backbone)
         self.best = -math.inf
         self.history: list[dict] = []
+        if mean is None or std is None:
+            mean, std = backbone_norm(net.backbone)
+        # (x / 255 - mean) / std as one multiply-subtract; not persistent: checkpoints keep their keys.
+        std_ = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        mean_ = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("pixel_scale", 1.0 / (255.0 * std_), persistent=False)
+        self.register_buffer("pixel_shift", mean_ / std_, persistent=False)
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels [B, 3, H, W] -> the network's normalised float input (same memory format)."""
+        return x.float().mul_(self.pixel_scale).sub_(self.pixel_shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
+        if self.channels_last:  # before the float conversion: a quarter of the bytes to reorder
             x = x.contiguous(memory_format=torch.channels_last)
+        if x.dtype == torch.uint8:
+            x = self.pixels(x)
         return self.net(x)
 
     def loss(self, pred: torch.Tensor, gold: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -168,7 +168,7 @@ def finetune(cfg: Config, callbacks=()) -> tuple[dict, dict[str, Path]]:
     net = FinetuneNet(load_backbone(spec), ft.dropout)
     if ft.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    lit = FinetuneModule(net, ft, channels_last=ft.channels_last)
+    lit = FinetuneModule(net, ft, channels_last=ft.channels_last, mean=dm.mean, std=dm.std)
     monitor = f"val/{ft.monitor}"
     ckpt = pl.callbacks.ModelCheckpoint(
         dirpath=out, filename="best", monitor=monitor, mode="max", save_top_k=1, save_last=True,
