@@ -108,7 +108,7 @@ def overhead(root: Path) -> None:
     torch.manual_seed(0)
     model = build_model(cfg.model, dm.in_audio, dm.in_visual).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    keys = ("audio", "visual", "gold", "mask", "pad", *NORM_KEYS)
+    keys = ("audio", "visual", "gold", "mask", "pad", "face", *NORM_KEYS)
 
     def step(batch: dict) -> None:
         b = {k: batch[k].to(device, non_blocking=True) for k in keys if k in batch}

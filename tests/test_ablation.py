@@ -12,6 +12,7 @@ from polars.testing import assert_frame_equal
 from abaw.ablation import run as ablation
 from abaw.ablation.table import markdown, summarise
 from abaw.config import with_overrides
+from abaw.errors import AbawError
 
 
 def test_parse_variant():
@@ -138,3 +139,10 @@ def test_a_level_is_fine_tuned_when_the_config_asks(synth_cfg, monkeypatch, fine
     ablation.prepare_level(cfg, generate_release=False)
     kinds = [k for k, _ in calls]
     assert kinds == (["finetune"] if tunes else []) + ["visual", "audio"]
+
+
+def test_a_cell_failing_in_a_worker_fails_the_ablation_with_its_error(synth_features_cfg, tmp_path):
+    bad = with_overrides(synth_features_cfg, [f"cache_root={tmp_path / 'empty-cache'}", "train.name=bad"])
+    cells = [ablation.Cell("release", "bad", seed, bad) for seed in (0, 1, 2)]
+    with pytest.raises(AbawError, match="abaw features"):
+        ablation.run_cells(cells, workers=2)

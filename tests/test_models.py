@@ -448,3 +448,12 @@ def test_the_face_flag_goes_where_configured(variant, where):
     if gated:
         assert {g.reliability.extra for layer in model.fusion.gates for g in layer.values()} == {int(to_gates)}
     assert model.face_presence == (where != "none")
+
+
+def test_a_face_flag_model_runs_in_double_precision():
+    """train.precision=64-true: every layer, the gates' reliability weights included, in float64."""
+    model = make("grjca_hier", face_presence="both").double()
+    audio, visual = inputs(2, 20)
+    out = model(audio.double(), visual.double(), face=torch.ones(2, 20, dtype=torch.bool))
+    assert out.pred.dtype == torch.float32 and bool(torch.isfinite(out.pred).all())  # the head's float32 contract
+    out.pred.sum().backward()

@@ -248,7 +248,7 @@ def run_cells(cells: Sequence[Cell], workers: int = 1, train_missing: bool = Tru
         rows = [run_cell(c, train_missing) for c in cells]
         return [r for r in rows if r is not None]
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from abaw.config import to_dict
 
@@ -256,6 +256,13 @@ def run_cells(cells: Sequence[Cell], workers: int = 1, train_missing: bool = Tru
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker,
                              initargs=(threads,)) as pool:
         futures = [pool.submit(_cell_in_worker, c.level, c.label, c.seed, to_dict(c.cfg)) for c in cells]
+        try:
+            for f in as_completed(futures):
+                f.result()  # the first failure, as soon as it happens
+        except BaseException:
+            # Queued cells are dropped, running ones finish (their runs are kept); a rerun resumes.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
         rows = [f.result() for f in futures]
     return [r for r in rows if r is not None]
 

@@ -73,7 +73,7 @@ class _ReliabilityLogits(nn.Module):
             raise ValueError(f"{name}: built with {self.extra} reliability channel(s) (model.face_presence); "
                              "none were given")
         expect_shape(r, f"{name} reliability", ("B", "L", self.extra), sizes)
-        return z + self.proj(r.float())
+        return z + self.proj(r.to(self.proj.weight.dtype)).float()  # float64 runs too (precision=64-true)
 
 
 class IterationGate(nn.Module):
