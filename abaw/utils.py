@@ -118,6 +118,11 @@ def code_version() -> str:
     return __version__
 
 
+def thread_share(workers: int) -> int:
+    """Torch threads for each of ``workers`` processes sharing this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
 def start_worker_process(n_threads: int) -> None:
     """Set up a spawned worker process: ``n_threads`` torch threads (its share of the cores: workers
     that each took every core would oversubscribe the machine), and exit if its parent dies (a killed

@@ -153,7 +153,7 @@ def test_gate_report_splits_the_visual_gates_by_crop_presence():
                        GATE_PREFIX + "audio/iter": _iter_gate(np.full((n, 2), 0.5))},
            {"gold": np.zeros((n, 2)), "mask": np.ones(n, bool)})
     degraded = {"s": {"visual": np.zeros(n, bool), "audio": np.zeros(n, bool)}}
-    h = gate_report(st, ["s"], degraded, "test", no_crop={"s": no_crop})["headline"]
+    h = gate_report(st, ["s"], {"s": {**degraded["s"], "no_crop": no_crop}}, "test")["headline"]
     assert h["visual/iter/shift_nocrop"] == pytest.approx(-0.6)
     assert h["visual/iter/nocrop"] == pytest.approx(0.2) and h["visual/iter/crop"] == pytest.approx(0.8)
     assert "audio/iter/shift_nocrop" not in h

@@ -25,7 +25,7 @@ import numpy as np
 
 from abaw.config import Config, save_config, stable_hash, with_overrides
 from abaw.errors import AbawError
-from abaw.utils import atomic_write_json
+from abaw.utils import atomic_write_json, thread_share
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,7 @@ def score_test(cfg: Config, run: Path) -> dict:
         gold, mask = np.concatenate(golds), np.concatenate(masks)
         result["p_va"] = float(p_va(np.concatenate(raw), gold, mask)["p_va"])
         result["p_va_post"] = float(p_va(np.concatenate(post), gold, mask)["p_va"])
-        report = gate_report(st, names, *degraded_frames(cfg.data_root, data, source.rows),
-                             no_crop={s.name: ~np.asarray(s.face, bool) for s in data})
+        report = gate_report(st, names, *degraded_frames(cfg.data_root, data, source.rows))
         result["gates"] = report.get("headline", {})
         result["degraded_fraction"] = report.get("degraded_fraction", {})
     atomic_write_json(path, result)
@@ -242,8 +241,6 @@ def run_cells(cells: Sequence[Cell], workers: int = 1, train_missing: bool = Tru
     """The rows of ``cells``, in their order. With ``workers`` > 1 the cells to train are spread over
     that many spawned processes, each with its share of the cores: the demo's small models use two
     threads poorly, so two one-thread cells at once beat one two-thread cell (README: the ablation)."""
-    import os
-
     if workers <= 1 or not train_missing or len(cells) < 2:
         rows = [run_cell(c, train_missing) for c in cells]
         return [r for r in rows if r is not None]
@@ -252,7 +249,7 @@ def run_cells(cells: Sequence[Cell], workers: int = 1, train_missing: bool = Tru
 
     from abaw.config import to_dict
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = thread_share(workers)
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_start_worker,
                              initargs=(threads,)) as pool:
         futures = [pool.submit(_cell_in_worker, c.level, c.label, c.seed, to_dict(c.cfg)) for c in cells]

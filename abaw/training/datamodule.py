@@ -67,9 +67,8 @@ class WindowDataset(Dataset):
         s = self.subjects[k]
         item = s.read(start, stop, self.mask_missing_face)
         item.update(subject=s.name, start=start, n_frames=s.n_frames)
-        if s.norm is not None:
-            for kind in ("audio", "visual"):
-                item[f"{kind}_mean"], item[f"{kind}_scale"] = s.norm[kind]
+        for kind, (mean, scale) in (s.norm or {}).items():
+            item[f"{kind}_mean"], item[f"{kind}_scale"] = mean, scale
         return item
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
@@ -102,11 +101,10 @@ class WindowDataset(Dataset):
             "start": torch.from_numpy(rows[:, 1].copy()),
             "n_frames": torch.tensor([self.subjects[k].n_frames for k in rows[:, 0].tolist()], dtype=torch.long),
         }
-        if first.norm is not None:
-            for kind in ("audio", "visual"):
-                for i, key in enumerate(("mean", "scale")):
-                    batch[f"{kind}_{key}"] = torch.from_numpy(
-                        np.stack([self.subjects[k].norm[kind][i] for k in rows[:, 0].tolist()]))
+        for kind in first.norm or {}:  # every subject of a source is standardised alike
+            for i, key in enumerate(("mean", "scale")):
+                batch[f"{kind}_{key}"] = torch.from_numpy(
+                    np.stack([self.subjects[k].norm[kind][i] for k in rows[:, 0].tolist()]))
         return batch
 
 

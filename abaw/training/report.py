@@ -141,28 +141,31 @@ def near_silent(video_path: str | None, frame_times: Sequence[float] | None, n: 
 
 def degraded_frames(release_root: Path, subjects: Sequence[SubjectData], rows: dict[str, dict]
                     ) -> tuple[dict[str, dict[str, np.ndarray]], str]:
-    """Per subject, where each modality is degraded: ``({subject: {"visual": bool[N], "audio": bool[N]}},
-    source)``. A synthetic release knows (its ground truth says what it planted where; read only for
-    this diagnosis); on a real one, frames without a face crop, and frames with near-silent audio."""
+    """Per subject, where each modality is degraded: ``({subject: {"visual": bool[N], "audio": bool[N],
+    "no_crop": bool[N]}}, source)``. A synthetic release knows (its ground truth says what it planted
+    where; read only for this diagnosis); on a real one, frames without a face crop, and frames with
+    near-silent audio. ``no_crop`` (frames without a face crop, what every release records) is there
+    either way."""
     from abaw.synth.generate import planted_degradation
 
     planted = planted_degradation(release_root)
+    no_crop = {s.name: ~np.asarray(s.face, bool) for s in subjects}
     if planted is not None and all(s.name in planted for s in subjects):
-        return ({s.name: {m: _runs_to_mask(s.n_frames, planted[s.name][m]) for m in ("visual", "audio")}
-                 for s in subjects}, "ground_truth")
+        return ({s.name: {**{m: _runs_to_mask(s.n_frames, planted[s.name][m]) for m in ("visual", "audio")},
+                          "no_crop": no_crop[s.name]} for s in subjects}, "ground_truth")
     out = {}
     for s in subjects:
         r = rows.get(s.name, {})
-        out[s.name] = {"visual": ~np.asarray(s.face, bool),
+        out[s.name] = {"visual": no_crop[s.name], "no_crop": no_crop[s.name],
                        "audio": near_silent(r.get("video_path"), r.get("frame_times"), s.n_frames)}
     return out, "no face crop / near-silent audio"
 
 
 def gate_report(stitcher: Stitcher, subjects: Sequence[str], degraded: dict[str, dict[str, np.ndarray]],
-                source: str, no_crop: dict[str, np.ndarray] | None = None) -> dict:
+                source: str) -> dict:
     """Gate diagnostics (``abaw.metrics.gates``) over every frame the windows covered, pooled over
-    ``subjects``, split by ``degraded``; empty for a model without gates. ``no_crop`` (subject ->
-    bool[N], True where the frame has no face crop) adds the visual gates split by that alone, as
+    ``subjects``, split by ``degraded`` (``degraded_frames``); empty for a model without gates. Where
+    ``degraded`` also holds ``no_crop`` masks, the visual gates are split by that alone too, as
     ``visual/iter/shift_nocrop`` (attended weight without a crop minus with one), ``.../nocrop`` and
     ``.../crop``: the one degradation a real release records."""
     from abaw.metrics.gates import gate_diagnostics, headline
@@ -176,8 +179,8 @@ def gate_report(stitcher: Stitcher, subjects: Sequence[str], degraded: dict[str,
     masks = {m: np.concatenate([degraded[s][m] for s in subjects]) for m in ("visual", "audio")}
     diag = gate_diagnostics(gates, masks, covered)
     head = headline(diag)
-    if no_crop is not None:
-        nc = np.concatenate([no_crop[s] for s in subjects])
+    if all("no_crop" in degraded[s] for s in subjects):
+        nc = np.concatenate([degraded[s]["no_crop"] for s in subjects])
         if (nc & covered).any() and (~nc & covered).any():
             visual = {k: v for k, v in gates.items() if k.startswith("visual/")}
             names = {"shift": "shift_nocrop", "degraded": "nocrop", "clean": "crop"}
@@ -198,8 +201,7 @@ def gate_summary(release_root: Path, stitcher: Stitcher, subjects: Sequence[Subj
     from abaw.utils import atomic_write_json
 
     names = [s.name for s in subjects]
-    report = (gate_report(stitcher, names, *degraded_frames(release_root, subjects, rows),
-                          no_crop={s.name: ~np.asarray(s.face, bool) for s in subjects}) if names else {})
+    report = gate_report(stitcher, names, *degraded_frames(release_root, subjects, rows)) if names else {}
     if report:
         atomic_write_json(path, report)
     return report

@@ -117,7 +117,8 @@ class SubjectData:
     gold: np.ndarray | None = None  # float32[N, 2] (valence, arousal), 0 where not annotated; None: no labels
     valid: np.ndarray | None = None  # bool[N]: both labels annotated (not -5)
     audio_index: np.ndarray | None = None  # int64[N]: audio row read for each frame (time shift)
-    # Per-subject standardisation (train.feature_norm=subject): {"audio"|"visual": (mean[D], scale[D])}.
+    # Per-subject standardisation (train.feature_norm): {"audio"|"visual": (mean[D], scale[D])} for the
+    # standardised modalities only.
     norm: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
     def standardise(self, kinds: tuple[str, ...] = ("audio", "visual")) -> None:
@@ -127,13 +128,11 @@ class SubjectData:
         offset; with a few dozen training subjects a network learns those offsets instead of the
         expression. Per-video statistics use only the video's own features (no labels), so the same is
         done to validation and test subjects. Scales are floored at a tenth of the median scale, so a
-        nearly constant dimension is not blown up into noise. A modality not in ``kinds`` passes through
-        unchanged (mean 0, scale 1)."""
+        nearly constant dimension is not blown up into noise. A modality not in ``kinds`` has no entry
+        and reaches the model as cached (no per-batch identity transform on the device)."""
         self.norm = {}
         for kind, reader in (("audio", self.audio), ("visual", self.visual)):
             if kind not in kinds:
-                dim = reader.shape[1]
-                self.norm[kind] = (np.zeros(dim, np.float32), np.ones(dim, np.float32))
                 continue
             mean, std = reader.moments()
             floor = 0.1 * float(np.median(std)) if std.size else 0.0

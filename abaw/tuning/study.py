@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from abaw.config import Config, config_yaml, load_config, to_dict, with_overrides
 from abaw.tuning.space import apply, load_space
-from abaw.utils import atomic_write_text, file_lock
+from abaw.utils import atomic_write_text, file_lock, thread_share
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -343,7 +343,7 @@ def run_study(cfg: Config) -> optuna.Study:
         optimize(cfg)
     else:
         ctx = mp.get_context("spawn")
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = thread_share(workers)
         quotas = [remaining // workers + (k < remaining % workers) for k in range(workers)]
         procs = [ctx.Process(target=_worker, args=(to_dict(cfg), threads, q)) for q in quotas]
         for p in procs:
