@@ -346,6 +346,19 @@ def test_tta_flip_averages_the_mirrored_crop(hand, tmp_path):
     np.testing.assert_allclose(feats[3], expected[0], rtol=1e-4, atol=1e-5)
 
 
+def test_bf16_extraction_is_close_to_fp32_and_cached_apart(hand, tmp_path):
+    _, table = hand
+    fp32 = extract_features(_hand_cfg(hand, tmp_path, "features.visual.dtype=float32"), "visual", index=table)
+    bf16 = extract_features(_hand_cfg(hand, tmp_path, "features.visual.dtype=float32",
+                                      "features.visual.precision=bf16"), "visual", index=table)
+    assert bf16.cache_dir != fp32.cache_dir and bf16.extracted
+    a, _ = FeatureCache(fp32.cache_dir).load("c")
+    b, _ = FeatureCache(bf16.cache_dir).load("c")
+    assert not np.array_equal(a, b)  # the forward pass really ran in bfloat16 ...
+    rel = np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)
+    assert rel.max() < 0.05  # ... and stays within its 8-bit mantissa of the fp32 features
+
+
 def test_changed_frame_axis_is_extracted_again(hand, tmp_path):
     _, table = hand
     cfg = _hand_cfg(hand, tmp_path)
@@ -397,13 +410,16 @@ def test_cache_key_covers_what_changes_features(tmp_path):
         "features.visual.tta_flip=true",
         "features.visual.fill=zeros",
         "features.visual.dtype=float32",
+        "features.visual.precision=bf16",
         f"features.visual.weights={w1}",
         f"features.visual.weights={w2}",
     ]
     dirs = [_dir(with_overrides(base, [ov]), "visual") for ov in changed]
     assert len({d0, *dirs}) == len(changed) + 1
+    # fp32 is the key the caches had before the setting existed
+    assert _dir(with_overrides(base, ["features.visual.precision=32"]), "visual") == d0
     # the weights file is identified by its content, not its path
-    assert _dir(with_overrides(base, [f"features.visual.weights={w1_copy}"]), "visual") == dirs[6]
+    assert _dir(with_overrides(base, [f"features.visual.weights={w1_copy}"]), "visual") == dirs[7]
     same = [
         "features.visual.batch_size=7",
         "features.visual.num_workers=5",

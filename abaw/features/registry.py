@@ -313,4 +313,6 @@ def visual_settings(vcfg: VisualBackboneConfig, release_cache: str | os.PathLike
         dtype=vcfg.dtype,
         extractor_version=EXTRACTOR_VERSION,
     )
+    if vcfg.precision != "32":  # absent = fp32, so caches written before the setting keep their key
+        d["precision"] = vcfg.precision
     return d

@@ -229,7 +229,8 @@ class VisualExtractor:
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        feats = self.model(x)
-        if self.cfg.tta_flip:
-            feats = (feats + self.model(torch.flip(x, dims=[3]))) / 2
-        return feats.float().cpu().numpy()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            feats = self.model(x).float()
+            if self.cfg.tta_flip:
+                feats = (feats + self.model(torch.flip(x, dims=[3])).float()) / 2
+        return feats.cpu().numpy()

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # Settings that change speed or bookkeeping, not the fine-tuned weights: left out of the identity.
 _NOT_IDENTITY = ("num_workers", "precision", "accelerator", "progress_bar", "resume", "plot_subjects")
 # Extraction-only settings of features.visual (they do not change what is trained).
-_EXTRACTION_ONLY = ("tta_flip", "fill", "dtype", "kind")
+_EXTRACTION_ONLY = ("tta_flip", "fill", "dtype", "kind", "precision")
 
 
 class FinetuneError(AbawError):
