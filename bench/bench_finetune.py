@@ -5,6 +5,9 @@
 - loader: images/s of the training DataLoader alone (workers decoding and augmenting JPEGs) and of the
   whole training loop (loader feeding the training step) over the training step on pre-loaded tensors
   (target >= 0.9: decoding and augmentation must keep up with the model).
+- bf16: the training step and the forward pass under bfloat16 autocast over the same in fp32, timed in
+  between the fp32 phases (``finetune.precision: bf16-mixed``, ``features.visual.precision: bf16``; fast
+  on CPUs with AVX512-BF16 or AMX, emulated and slower elsewhere).
 - memory: peak RSS of a fresh process that builds the frame table and runs a few training steps, with
   10x the frames on disk over 1x (the same number of steps: target flat, ~1.0).
 
@@ -81,19 +84,20 @@ def throughput(frames: int, threads: int, workers: int) -> dict:
         x, y, _ = next(iter(loader))
         n = -(-frames // BATCH)
 
-        def forward() -> float:
+        def forward(bf16: bool = False) -> float:
             lit.eval()
             t = time.perf_counter()
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 for _ in range(n):
                     lit(x)
             return n * BATCH / (time.perf_counter() - t)
 
-        def step() -> float:
+        def step(bf16: bool = False) -> float:
             lit.train()
             t = time.perf_counter()
-            for _ in range(n):
-                _step(lit, opt, x, y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                for _ in range(n):
+                    _step(lit, opt, x, y)
             return n * BATCH / (time.perf_counter() - t)
 
         def loader_only() -> float:
@@ -110,14 +114,17 @@ def throughput(frames: int, threads: int, workers: int) -> dict:
                 k += len(xb)
             return k / (time.perf_counter() - t)
 
-        step(), forward()  # warm-up: oneDNN picks kernels, workers start
+        step(), forward(), step(True), forward(True)  # warm-up: oneDNN picks kernels, workers start
         fwd_a, step_a = forward(), step()
         load, full = loader_only(), loop()
+        step_16, fwd_16 = step(True), forward(True)
         step_b, fwd_b = step(), forward()
         fwd, stp = (fwd_a + fwd_b) / 2, (step_a + step_b) / 2
         return dict(frames=frames, threads=threads, workers=workers, batch=BATCH, side=SIDE,
                     forward_ips=round(fwd, 1), step_ips=round(stp, 1), loader_ips=round(load, 1),
                     loop_ips=round(full, 1), step_over_forward=round(stp / fwd, 3),
+                    bf16_step_ips=round(step_16, 1), bf16_forward_ips=round(fwd_16, 1),
+                    bf16_step_over_fp32=round(step_16 / stp, 3), bf16_forward_over_fp32=round(fwd_16 / fwd, 3),
                     loader_over_step=round(load / stp, 3), loop_over_step=round(full / stp, 3))
 
 
@@ -158,6 +165,8 @@ def main() -> None:
           f"step/forward {t['step_over_forward']:.2f}")
     print(f"  loader alone {t['loader_ips']:.0f} img/s -> loader/step {t['loader_over_step']:.2f}; "
           f"whole loop {t['loop_ips']:.0f} img/s -> loop/step {t['loop_over_step']:.2f} (target >= 0.9)")
+    print(f"  bf16 autocast: step {t['bf16_step_ips']:.0f} img/s -> bf16/fp32 {t['bf16_step_over_fp32']:.2f}; "
+          f"forward {t['bf16_forward_ips']:.0f} img/s -> bf16/fp32 {t['bf16_forward_over_fp32']:.2f}")
     small, large = _memory(frames), _memory(10 * frames)
     print(f"  memory: peak RSS {small['peak_rss_mb']:.0f} MiB ({small['pool']} frames) vs "
           f"{large['peak_rss_mb']:.0f} MiB ({large['pool']} frames) -> ratio "

@@ -410,10 +410,18 @@ def test_submit_writes_validates_scores_and_lists(submit_cfg, monkeypatch, capsy
         runs = None
         name = "demo-2"
 
+    # A submission scored against another release's truth is listed, but never ranked with these.
+    from abaw.submit.package import INDEX, _index_text
+
+    foreign = {**index[0], "name": "other-release", "test_p_va": "0.9999", "test_truth": "0" * 16}
+    (folder.parent / INDEX).write_text(_index_text(index + [foreign]))
+    assert index[0]["test_truth"] == meta["test_score"]["truth_digest"]
     assert submission.cli_submit(cfg, Args()) == 0
     out = capsys.readouterr().out
     assert "Leaderboard" in out and "demo-2  " in out and "<-" in out and "padded" in out
-    assert [r["name"] for r in read_index(folder.parent)] == ["demo-1", "demo-2"]
+    board = out[out.index("Leaderboard"):]
+    assert "demo-1" in board and "other-release" not in board
+    assert [r["name"] for r in read_index(folder.parent)] == ["demo-1", "other-release", "demo-2"]
 
 
 def test_submit_takes_test_order_and_row_counts_from_the_index(submit_cfg, monkeypatch):

@@ -23,7 +23,7 @@ from abaw.utils import atomic_path, atomic_write_text, file_lock
 INDEX = "index.csv"
 LOCK = ".index.lock"
 INDEX_FIELDS = ["name", "time", "runs", "val_p_va", "test_p_va", "test_ccc_v", "test_ccc_a", "rows", "videos",
-                "zip"]  # fmt: skip
+                "zip", "test_truth"]  # fmt: skip
 
 
 class SubmissionExistsError(FileExistsError, AbawError):

@@ -9,6 +9,7 @@ annotated, excluded). Only the demo release has one (``<data_root>/ground_truth/
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import zipfile
 from pathlib import Path
@@ -89,7 +90,11 @@ def score_submission(path: str | Path, truth_dir: str | Path) -> dict:
         raise ScoreError(f"no ground-truth files (<video>.txt) in {truth_dir}")
     preds = read_predictions(path)
     all_pred, all_gold = [], []
+    # What was scored against: a leaderboard ranks only submissions of the same truth (release).
+    digest = hashlib.sha256()
     for file in truth_files:
+        data = file.read_bytes()
+        digest.update(f"{file.name}\0{len(data)}\0".encode() + data)
         video = file.stem
         ann = read_annotations(file)
         if video not in preds:
@@ -108,7 +113,7 @@ def score_submission(path: str | Path, truth_dir: str | Path) -> dict:
     scores = {k: float(v) for k, v in p_va(pred, gold).items()}
     truth = {f.stem for f in truth_files}
     return {**scores, "frames": int(len(pred)), "videos": len(truth_files),
-            "ignored_videos": [v for v in preds if v not in truth]}
+            "ignored_videos": [v for v in preds if v not in truth], "truth_digest": digest.hexdigest()[:16]}
 
 
 def default_truth_dir(cfg) -> Path:

@@ -241,6 +241,7 @@ def submit(cfg: Config, runs: list[str] | None = None, name: str | None = None) 
             "test_ccc_v": f"{scores['ccc_v']:.4f}" if scores else "",
             "test_ccc_a": f"{scores['ccc_a']:.4f}" if scores else "",
             "rows": written.rows, "videos": len(written.rows_per_subject), "zip": f"{name}/{zip_path.name}",
+            "test_truth": scores["truth_digest"] if scores else "",
         }  # fmt: skip
         return publish(staging, root, name, row)
     except SubmissionError:
@@ -268,9 +269,11 @@ def describe(folder: Path) -> str:
     out.append(f"  validator: {'valid' if v['valid'] else 'INVALID'} ({v['rows']:,} rows, {v['seconds']:.2f} s)")
     if meta["test_score"]:
         s = meta["test_score"]
+        # Only submissions scored against this same truth: another release's scores are not comparable
+        # (rows from before the digest was recorded have none, and stay off the board).
         rows = [{"name": r["name"], "p_va": float(r["test_p_va"]), "ccc_v": float(r["test_ccc_v"] or "nan"),
                  "ccc_a": float(r["test_ccc_a"] or "nan")}
-                for r in read_index(folder.parent) if r.get("test_p_va")]
+                for r in read_index(folder.parent) if r.get("test_p_va") and r.get("test_truth") == s["truth_digest"]]
         out.append(f"\nLeaderboard ({meta['truth_dir']}: {s['videos']} videos, {s['frames']:,} annotated frames)")
         out.append(leaderboard(rows, highlight=meta["name"]))
     return "\n".join(out)
