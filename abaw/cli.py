@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ps["data"].add_argument("--rebuild", action="store_true", help="rebuild the index even if it is up to date")
 
+    ps["finetune"].add_argument("--score", choices=["val", "test"], default=None,
+                                help="score the finished fine-tuning's own head on a split's frames (test: "
+                                     "against ground truth, where the release has it), train nothing")
+    ps["finetune"].add_argument("--stride", type=int, default=None,
+                                help="with --score: every N-th annotated frame with a crop (default val_stride)")
     ps["features"].add_argument("--shard", default=None, help="I/N: extract this machine's share")
     ps["features"].add_argument("--only", choices=["visual", "audio"], default=None)
 

@@ -223,6 +223,22 @@ def test_finetune_resumes_after_a_kill(synth_cfg, tmp_path):
     assert rows["epoch"].to_list() == [0, 1]
 
 
+def test_score_split_reproduces_the_validation_figure_and_scores_test_against_the_truth(tuned):
+    from abaw.data.index import load_index
+    from abaw.finetune.run import FinetuneError, score_split
+
+    cfg, metrics, _, _ = tuned
+    val = score_split(cfg, "val")
+    # the same network on the same frames as the fine-tuning's own validation pass
+    assert val["pooled"]["ccc_v"] == pytest.approx(metrics["ccc_v"], abs=1e-5)
+    test = score_split(cfg, "test", stride=4)
+    splits = {r["subject"]: r["split"] for r in load_index(cfg).table.iter_rows(named=True)}
+    assert test["frames"] > 0 and test["subjects"]
+    assert {r["subject"] for r in test["subjects"]} <= {n for n, sp in splits.items() if sp == "test"}
+    with pytest.raises(FinetuneError, match="no finished fine-tuning of this config"):
+        score_split(with_overrides(cfg, ["finetune.lr=0.5"]), "val")
+
+
 def test_finetune_runs_in_bf16_on_cpu(synth_cfg, tmp_path):
     # The demo's setting: bfloat16 autocast on the CPU (1.7x on AVX512-BF16 cores); the weights stay fp32.
     import torch

@@ -274,7 +274,72 @@ def _export(out: Path, backbone, spec, ident_hash: str, metrics: dict, split: di
     })
 
 
+def score_split(cfg: Config, split: str, stride: int | None = None) -> dict:
+    """Frame-level scores of the finished fine-tuning's own network (best.ckpt, fp32) on ``split``'s
+    frames that have a label and a crop: ``{"pooled": {p_va, ccc_v, ccc_a}, "subjects": [...],
+    "frames": M}``. ``test`` needs ground truth (``submit.truth_dir``, or the synthetic release's hidden
+    one); nothing is trained or written."""
+    import torch
+
+    from abaw.features.visual import load_backbone
+    from abaw.finetune.data import FaceFrames, build_augment, frame_table, mean_pixel
+    from abaw.finetune.module import FinetuneModule, FinetuneNet
+    from abaw.metrics import p_va
+    from abaw.submit.score import default_truth_dir
+
+    ft = cfg.finetune
+    out = output_dir(cfg)
+    best = out / "best.ckpt"
+    sp, rows, _, val, spec = prepare(cfg)
+    # Only the fine-tuning this config would make: scores of another's weights would be mislabelled.
+    if _completed(out, stable_hash(identity(cfg, sp, rows))) is None or not best.is_file():
+        raise FinetuneError(f"{out} holds no finished fine-tuning of this config to score; run `abaw finetune` "
+                            "with it first")
+    stride = stride or ft.val_stride
+    if split == "val":
+        table = frame_table(rows, list(sp.val), cfg.data_root, stride) if stride != ft.val_stride else val
+    else:
+        truth = default_truth_dir(cfg)
+        files = {f.stem: f for f in truth.glob("*.txt")} if truth.is_dir() else {}
+        test = [n for n, r in rows.items() if r.get("split") == "test" and n in files]
+        if not test:
+            raise FinetuneError(f"--score test: no ground truth for the test subjects in {truth}")
+        table = frame_table({n: {**rows[n], "label_file": str(files[n])} for n in test}, test, cfg.data_root, stride)
+    net = FinetuneNet(load_backbone(spec), ft.dropout)
+    lit = FinetuneModule(net, ft, mean=spec.mean, std=spec.std)
+    lit.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    lit.eval()
+    tf = build_augment("none", tuple(spec.input_size), spec.mean, spec.interpolation)
+    loader = torch.utils.data.DataLoader(FaceFrames(table, tf, tuple(spec.input_size), mean_pixel(spec.mean)),
+                                         batch_size=ft.batch_size, num_workers=ft.num_workers)
+    parts = []
+    with torch.inference_mode():
+        for x, y, g in loader:
+            parts.append((lit(x).float().numpy(), y.numpy(), g.numpy()))
+    pred, gold, pos = (np.concatenate(p) for p in zip(*parts, strict=True))
+    ok = np.isfinite(gold).all(axis=1)
+    subjects = []
+    for i, name in enumerate(table.names):
+        m = ok & (table.subjects[pos] == i)
+        if m.sum() >= 2:
+            s = p_va(pred[m], gold[m])
+            subjects.append({"subject": name, "frames": int(m.sum()), "ccc_v": float(s["ccc_v"]),
+                             "ccc_a": float(s["ccc_a"]), "mean_pred_v": float(pred[m, 0].mean()),
+                             "mean_gold_v": float(gold[m, 0].mean())})
+    return {"pooled": _score(pred[ok], gold[ok]), "subjects": subjects, "frames": int(ok.sum()),
+            "split": split, "stride": stride}
+
+
 def cli_finetune(cfg: Config, args) -> int:
+    if getattr(args, "score", None):
+        r = score_split(cfg, args.score, getattr(args, "stride", None))
+        s = r["pooled"]
+        print(f"{output_dir(cfg)}: {r['split']} frames with a crop, every {r['stride']}th ({r['frames']:,}): "
+              f"CCC_v {s['ccc_v']:.3f}, CCC_a {s['ccc_a']:.3f}, P_VA {s['p_va']:.3f}")
+        for row in r["subjects"]:
+            print(f"  {row['subject']:<24} {row['frames']:>5} frames  CCC_v {row['ccc_v']:.3f}  CCC_a "
+                  f"{row['ccc_a']:.3f}  mean valence {row['mean_pred_v']:+.2f} (truth {row['mean_gold_v']:+.2f})")
+        return 0
     if not cfg.features.visual.finetuned:
         print("abaw finetune: fine-tuning is off in this config (features.visual.finetuned is empty); "
               "nothing to do")
