@@ -41,11 +41,12 @@ def main() -> None:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        cfg = load_config("configs/demo.yaml", ["train.window=150", "train.hop=100"])
+        cfg = load_config("configs/demo.yaml", ["train.window=150", "train.hop=100", "features.visual.precision=32"])
         generate(cfg.data_root, seed=cfg.synth.seed, scale=cfg.synth.scale)
         for kind in ("visual", "audio"):
             extract_features(cfg, kind)
-        cfg = load_config("configs/demo.yaml", ["train.window=150", "train.hop=100", f"cache_root={cfg.cache_root}"])
+        cfg = load_config("configs/demo.yaml", ["train.window=150", "train.hop=100", "features.visual.precision=32",
+                                                 f"cache_root={cfg.cache_root}"])
         rows = {p: _study(cfg, p, tmp) for p in ("none", "median")}
         for p in rows:  # the trials' run folders are throwaway too
             shutil.rmtree(cfg.release_cache / "runs" / f"tune-bench-{p}", ignore_errors=True)

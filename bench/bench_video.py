@@ -69,7 +69,9 @@ def _run(tmp: Path) -> Path:
     root = generate(tmp / "release" / "affwild2_synth", seed=0, scale=0.25)
     cfg = load_config("configs/demo.yaml", [f"data.root={root}", f"cache_root={tmp / 'cache'}",
                                             "train.max_epochs=2", "train.progress_bar=false",
-                                            "features.visual.num_workers=0"])
+                                            "features.visual.num_workers=0",
+                                            # as the README's figures were taken, before demo.yaml moved
+                                            "features.visual.precision=32", "train.window=300", "train.hop=200"])
     build_index(cfg)
     for kind in ("visual", "audio"):
         extract_features(cfg, kind)

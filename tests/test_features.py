@@ -416,8 +416,13 @@ def test_cache_key_covers_what_changes_features(tmp_path):
     ]
     dirs = [_dir(with_overrides(base, [ov]), "visual") for ov in changed]
     assert len({d0, *dirs}) == len(changed) + 1
-    # fp32 is the key the caches had before the setting existed
-    assert _dir(with_overrides(base, ["features.visual.precision=32"]), "visual") == d0
+    # fp32 is the key the caches had before the setting existed, and so is the hand-off record's key
+    from abaw.features.handoff import _section
+
+    fp32 = with_overrides(base, ["features.visual.precision=32"])
+    assert _dir(fp32, "visual") == d0
+    assert "precision" not in _section(fp32, "visual")
+    assert _section(with_overrides(base, ["features.visual.precision=bf16"]), "visual")["precision"] == "bf16"
     # the weights file is identified by its content, not its path
     assert _dir(with_overrides(base, [f"features.visual.weights={w1_copy}"]), "visual") == dirs[7]
     same = [

@@ -47,6 +47,8 @@ def _section(cfg, kind: str) -> dict[str, Any]:
     d = dataclasses.asdict(getattr(cfg.features, kind))
     for k in SPEED_ONLY[kind]:
         d.pop(k, None)
+    if d.get("precision") == "32":  # as in the cache key: records written before the setting stay valid
+        d.pop("precision")
     return d
 
 

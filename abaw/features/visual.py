@@ -220,6 +220,13 @@ class VisualExtractor:
                 )
         self.dim = int(self.model.num_features)
         self.transform = build_transform(self.spec)
+        self.bf16 = vcfg.precision == "bf16"
+        if self.bf16:
+            from abaw.utils import native_bf16
+
+            if not native_bf16(self.device.type):
+                log.warning("features.visual.precision=bf16 on %s without native bfloat16: emulated, several "
+                            "times slower than fp32 (set features.visual.precision=32)", self.device)
 
     def dataset(self, dirs: list[str], subjects: np.ndarray, frames: np.ndarray) -> CropFrames:
         return CropFrames(dirs, subjects, frames, self.transform, self.spec.input_size)
@@ -229,7 +236,9 @@ class VisualExtractor:
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+        # No autocast context at all for fp32: some torch versions refuse autocast on some devices (mps).
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with amp:
             feats = self.model(x).float()
             if self.cfg.tta_flip:
                 feats = (feats + self.model(torch.flip(x, dims=[3])).float()) / 2

@@ -174,11 +174,18 @@ def finetune(cfg: Config, callbacks=()) -> tuple[dict, dict[str, Path]]:
         dirpath=out, filename="best", monitor=monitor, mode="max", save_top_k=1, save_last=True,
         auto_insert_metric_name=False, enable_version_counter=False,
     )
+    precision = resolve_precision(ft.precision, ft.accelerator)
+    if precision.startswith("bf16") and not torch.cuda.is_available():
+        from abaw.utils import native_bf16
+
+        if not native_bf16("cpu"):
+            log.warning("finetune.precision=%s on a CPU without native bfloat16: emulated, several times slower "
+                        "than fp32 (set finetune.precision=32-true)", precision)
     last = out / "last.ckpt"
     resume_from = last if ft.resume and last.is_file() else None
     # Lightning's CSVLogger writes metrics.csv (rows up to the checkpoint kept on resume), like training.
     trainer = pl.Trainer(
-        accelerator=ft.accelerator, devices=1, precision=resolve_precision(ft.precision, ft.accelerator),
+        accelerator=ft.accelerator, devices=1, precision=precision,
         max_epochs=ft.max_epochs, gradient_clip_val=ft.grad_clip or None,
         callbacks=[ckpt, FlushLoggers(), EpochLine(), *callbacks],
         logger=loggers(out, _resume_step(resume_from) if resume_from else None),

@@ -79,7 +79,7 @@ def _aligned(video: str, frames: np.ndarray, values: np.ndarray, n: int) -> np.n
 
 
 def score_submission(path: str | Path, truth_dir: str | Path) -> dict:
-    """``{p_va, ccc_v, ccc_a, frames, videos, ignored_videos}`` of a prediction file against
+    """``{p_va, ccc_v, ccc_a, frames, videos, ignored_videos, truth_digest}`` of a prediction file against
     ``truth_dir/<video>.txt``. Every annotated frame of every truth video must have a finite prediction."""
     from abaw.data.annotations import read_annotations
     from abaw.metrics import p_va
