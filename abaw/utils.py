@@ -155,3 +155,13 @@ def native_bf16(device_type: str = "cpu") -> bool:
         return False
     cpu = torch.cpu
     return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def warn_if_bf16_emulated(setting: str, device_type: str, fp32: str) -> None:
+    """Log a warning naming ``setting`` when bf16 was asked for where it is only emulated."""
+    if not native_bf16(device_type):
+        import logging
+
+        logging.getLogger("abaw").warning(
+            "%s on %s without native bfloat16: emulated, several times slower than fp32 (set %s)",
+            setting, device_type, fp32)

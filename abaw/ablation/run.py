@@ -25,7 +25,7 @@ import numpy as np
 
 from abaw.config import Config, save_config, stable_hash, with_overrides
 from abaw.errors import AbawError
-from abaw.utils import atomic_write_json, thread_share
+from abaw.utils import atomic_write_json, start_worker_process, thread_share
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +231,6 @@ def _cell_in_worker(level: str, label: str, seed: int, cfg_dict: dict) -> dict |
 
 
 def _start_worker(n_threads: int) -> None:
-    from abaw.utils import start_worker_process
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     start_worker_process(n_threads)
 

@@ -222,11 +222,9 @@ class VisualExtractor:
         self.transform = build_transform(self.spec)
         self.bf16 = vcfg.precision == "bf16"
         if self.bf16:
-            from abaw.utils import native_bf16
+            from abaw.utils import warn_if_bf16_emulated
 
-            if not native_bf16(self.device.type):
-                log.warning("features.visual.precision=bf16 on %s without native bfloat16: emulated, several "
-                            "times slower than fp32 (set features.visual.precision=32)", self.device)
+            warn_if_bf16_emulated("features.visual.precision=bf16", self.device.type, "features.visual.precision=32")
 
     def dataset(self, dirs: list[str], subjects: np.ndarray, frames: np.ndarray) -> CropFrames:
         return CropFrames(dirs, subjects, frames, self.transform, self.spec.input_size)

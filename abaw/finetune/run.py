@@ -175,12 +175,12 @@ def finetune(cfg: Config, callbacks=()) -> tuple[dict, dict[str, Path]]:
         auto_insert_metric_name=False, enable_version_counter=False,
     )
     precision = resolve_precision(ft.precision, ft.accelerator)
-    if precision.startswith("bf16") and not torch.cuda.is_available():
-        from abaw.utils import native_bf16
+    if precision.startswith("bf16"):
+        from abaw.utils import warn_if_bf16_emulated
 
-        if not native_bf16("cpu"):
-            log.warning("finetune.precision=%s on a CPU without native bfloat16: emulated, several times slower "
-                        "than fp32 (set finetune.precision=32-true)", precision)
+        on_gpu = ft.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        warn_if_bf16_emulated(f"finetune.precision={precision}", "cuda" if on_gpu else "cpu",
+                              "finetune.precision=32-true")
     last = out / "last.ckpt"
     resume_from = last if ft.resume and last.is_file() else None
     # Lightning's CSVLogger writes metrics.csv (rows up to the checkpoint kept on resume), like training.
@@ -207,7 +207,7 @@ def finetune(cfg: Config, callbacks=()) -> tuple[dict, dict[str, Path]]:
     lit.load_state_dict(best["state_dict"])
     device = trainer.strategy.root_device
     lit.to(device).eval()
-    pred, gold, pos = _predict(lit, dm, device)
+    pred, gold, pos = _predict(lit, dm.val_dataloader(), device)
     lit.cpu()
     metrics = _score(pred, gold)
     metrics.update(best_epoch=int(best["epoch"]), epochs=int(trainer.current_epoch))
@@ -229,13 +229,13 @@ def finetune(cfg: Config, callbacks=()) -> tuple[dict, dict[str, Path]]:
     return metrics, artifact_paths(out)
 
 
-def _predict(lit, dm, device):
-    """Predictions of the (best) network on every validation frame, in fp32."""
+def _predict(lit, loader, device):
+    """(pred, gold, table positions) of the (best) network on every frame of ``loader``, in fp32."""
     import torch
 
     parts = []
     with torch.inference_mode():
-        for x, y, g in dm.val_dataloader():
+        for x, y, g in loader:
             parts.append((lit(x.to(device)).float().cpu().numpy(), y.numpy(), g.numpy()))
     return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
 
@@ -289,7 +289,7 @@ def score_split(cfg: Config, split: str, stride: int | None = None) -> dict:
     import torch
 
     from abaw.features.visual import load_backbone
-    from abaw.finetune.data import FaceFrames, build_augment, frame_table, mean_pixel
+    from abaw.finetune.data import FinetuneData, frame_table
     from abaw.finetune.module import FinetuneModule, FinetuneNet
     from abaw.metrics import p_va
     from abaw.submit.score import default_truth_dir
@@ -297,14 +297,14 @@ def score_split(cfg: Config, split: str, stride: int | None = None) -> dict:
     ft = cfg.finetune
     out = output_dir(cfg)
     best = out / "best.ckpt"
-    sp, rows, _, val, spec = prepare(cfg)
+    sp, rows, train, _, spec = prepare(cfg)
     # Only the fine-tuning this config would make: scores of another's weights would be mislabelled.
     if _completed(out, stable_hash(identity(cfg, sp, rows))) is None or not best.is_file():
         raise FinetuneError(f"{out} holds no finished fine-tuning of this config to score; run `abaw finetune` "
                             "with it first")
     stride = stride or ft.val_stride
     if split == "val":
-        table = frame_table(rows, list(sp.val), cfg.data_root, stride) if stride != ft.val_stride else val
+        table = frame_table(rows, list(sp.val), cfg.data_root, stride)
     else:
         truth = default_truth_dir(cfg)
         files = {f.stem: f for f in truth.glob("*.txt")} if truth.is_dir() else {}
@@ -312,18 +312,13 @@ def score_split(cfg: Config, split: str, stride: int | None = None) -> dict:
         if not test:
             raise FinetuneError(f"--score test: no ground truth for the test subjects in {truth}")
         table = frame_table({n: {**rows[n], "label_file": str(files[n])} for n in test}, test, cfg.data_root, stride)
-    net = FinetuneNet(load_backbone(spec), ft.dropout)
-    lit = FinetuneModule(net, ft, mean=spec.mean, std=spec.std)
+    # The fine-tuning's own loaders and network, with ``table`` as the validation frames.
+    dm = FinetuneData(train, table, ft, spec.input_size, spec.mean, spec.std, spec.interpolation,
+                      ft.samples_per_epoch, cfg.seed)
+    lit = FinetuneModule(FinetuneNet(load_backbone(spec), ft.dropout), ft, mean=dm.mean, std=dm.std)
     lit.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
     lit.eval()
-    tf = build_augment("none", tuple(spec.input_size), spec.mean, spec.interpolation)
-    loader = torch.utils.data.DataLoader(FaceFrames(table, tf, tuple(spec.input_size), mean_pixel(spec.mean)),
-                                         batch_size=ft.batch_size, num_workers=ft.num_workers)
-    parts = []
-    with torch.inference_mode():
-        for x, y, g in loader:
-            parts.append((lit(x).float().numpy(), y.numpy(), g.numpy()))
-    pred, gold, pos = (np.concatenate(p) for p in zip(*parts, strict=True))
+    pred, gold, pos = _predict(lit, dm.val_dataloader(), torch.device("cpu"))
     ok = np.isfinite(gold).all(axis=1)
     subjects = []
     for i, name in enumerate(table.names):

@@ -118,6 +118,7 @@ class RecursiveJointCrossAttention(nn.Module):
         # ungated rjca without it would lose the unimodal path altogether.
         keep = residual or not iteration_gate
         self.steps = nn.ModuleList(JointCrossAttention(dims, dropout, paper_length, keep) for _ in range(layers))
+        self.min_length = paper_length or 0  # paper mode welds its window length into the keys
         # reliability: per-frame channels every gate takes into its logits (abaw.models.gates)
         opts = dict(norm=gate_norm, learn_tau=learn_tau, dropout=gate_dropout, extra=reliability)
         self.gates = nn.ModuleList(

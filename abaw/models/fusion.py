@@ -90,7 +90,7 @@ class FusionModel(nn.Module):
     @property
     def min_length(self) -> int:
         """Frames every input must be padded to: paper mode welds its window length into the keys."""
-        return self.cfg.paper_length if self.cfg.paper_mode and isinstance(self.fusion, RecursiveJointCrossAttention) else 0
+        return self.fusion.min_length if self.fusion is not None else 0
 
     def forward(self, audio: Tensor | None, visual: Tensor | None, mask: Tensor | None = None,
                 face: Tensor | None = None) -> FusionOutput:
@@ -117,9 +117,7 @@ class FusionModel(nn.Module):
         xs = {m: self.encoders[m](inputs[m].to(param.dtype), mask, missing if m == "visual" else None)
               for m in self.modalities}
         gates: dict[str, Tensor] = {}
-        if isinstance(self.fusion, RecursiveJointCrossAttention):
+        if self.fusion is not None:
             xs, gates = self.fusion(xs, mask, missing)
-        elif self.fusion is not None:
-            xs, gates = self.fusion(xs, mask)
         pred = self.head(torch.cat([xs[m] for m in self.modalities], dim=-1), mask)
         return FusionOutput(pred, gates)

@@ -75,8 +75,12 @@ class CrossModalTransformer(nn.Module):
         self.dims = dict(dims)
         self.blocks = nn.ModuleList(CrossModalBlock(dims, heads, ff_mult, dropout) for _ in range(layers))
         self.out_norm = nn.ModuleDict({m: nn.LayerNorm(d) for m, d in dims.items()})
+        self.min_length = 0  # any window length
 
-    def forward(self, xs: dict[str, Tensor], mask: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def forward(self, xs: dict[str, Tensor], mask: Tensor, reliability: Tensor | None = None
+                ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``reliability``: the fusion modules' common argument; no gates here to take it (the face flag
+        reaches this variant through its visual encoder)."""
         sizes: dict[str, int] = {}
         for m, x in xs.items():
             expect_shape(x, f"CrossModalTransformer {m}", ("B", "L", self.dims[m]), sizes)

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from abaw.config import Config, config_yaml, load_config, to_dict, with_overrides
 from abaw.tuning.space import apply, load_space
-from abaw.utils import atomic_write_text, file_lock, thread_share
+from abaw.utils import atomic_write_text, file_lock, start_worker_process, thread_share
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -283,8 +283,6 @@ def _free_accelerator_memory() -> None:
 
 def _worker(cfg_dict: dict, n_threads: int, quota: int) -> None:
     """One worker process: run up to ``quota`` trials of the shared study."""
-    from abaw.utils import start_worker_process
-
     start_worker_process(n_threads)
     cfg = with_overrides(load_config(), cfg_dict)
     optimize(cfg, quota)
